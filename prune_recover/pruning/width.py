@@ -1,0 +1,104 @@
+"""Width pruning of gated MLPs: score -> select -> (refit) -> slice, for every layer.
+
+Two drivers share the per-layer step:
+- `prune_width` uses statistics gathered beforehand for all layers at once (one forward pass,
+  or the training batches since the last pruning event);
+- `prune_width_layerwise` gathers each layer's statistics just before pruning it, holding one
+  layer's Gram matrix at a time; `propagate="pruned"` feeds each layer the outputs of the
+  already-pruned prefix (sequential calibration), `"original"` the outputs of the unpruned one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prune_recover.arch import GatedMLP, gated_mlps
+from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats
+from prune_recover.pruning.importance import Scorer, select_neurons
+from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.pruning.refit import refit_down_proj
+from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
+
+
+def prune_layer(
+    mlp: GatedMLP,
+    width: int,
+    scorer: Scorer,
+    stats: NeuronStats | None,
+    refit_damp: float | None = None,
+    optimizers: Iterable[torch.optim.Optimizer] = (),
+) -> torch.Tensor:
+    """Prune one gated MLP to `width` neurons and return the kept indices.
+
+    Args:
+        refit_damp: None keeps the surviving down_proj columns as they are; a float refits them by
+            damped least squares on `stats.gram` (see `refit.py`).
+    """
+    keep = select_neurons(scorer(mlp, stats), width)
+    if refit_damp is not None:
+        if stats is None or stats.gram is None:
+            raise ValueError("the down_proj refit needs calibration statistics with a Gram matrix")
+        refit_down_proj(mlp, keep, stats.gram, refit_damp)
+    slice_gated_mlp(mlp, keep, optimizers)
+    return keep
+
+
+def prune_width(
+    model: nn.Module,
+    width: int,
+    scorer: Scorer,
+    stats: Mapping[int, NeuronStats] | None = None,
+    refit_damp: float | None = None,
+    optimizers: Iterable[torch.optim.Optimizer] = (),
+) -> dict[int, torch.Tensor]:
+    """Prune every layer to `width` with statistics gathered beforehand; returns kept indices per layer."""
+    optimizers = list(optimizers)
+    kept = {}
+    for index, mlp in enumerate(gated_mlps(model)):
+        layer_stats = stats[index] if stats is not None else None
+        kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
+    sync_intermediate_size(model)
+    return kept
+
+
+def prune_width_layerwise(
+    model: nn.Module,
+    width: int,
+    scorer: Scorer,
+    batches: Sequence[torch.Tensor],
+    refit_damp: float | None = None,
+    propagate: Literal["original", "pruned"] = "original",
+    taylor: Mapping[int, torch.Tensor] | None = None,
+    optimizers: Iterable[torch.optim.Optimizer] = (),
+) -> dict[int, torch.Tensor]:
+    """Prune layer by layer, gathering each layer's statistics right before pruning it.
+
+    Args:
+        propagate: `original` gives every layer the same inputs as one-shot calibration;
+            `pruned` gives it the outputs of the already-pruned layers below (sequential).
+        taylor: Per-layer gradient saliencies for the `taylor` scorer (a backward pass needs the whole model).
+    """
+    if propagate not in ("original", "pruned"):
+        raise ValueError(f"propagate must be 'original' or 'pruned', got '{propagate}'")
+    optimizers = list(optimizers)
+    was_training = model.training
+    model.eval()
+    kept = {}
+    try:
+        runner = LayerwiseRunner(model, batches)
+        for index, mlp in enumerate(gated_mlps(model)):
+            with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
+                outputs = runner.run_block(index)
+            layer_stats = recorder.stats[index]
+            if taylor is not None:
+                layer_stats.taylor = taylor[index]
+            kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
+            runner.advance(outputs if propagate == "original" else runner.run_block(index))
+    finally:
+        model.train(was_training)
+    sync_intermediate_size(model)
+    return kept

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random models built in code, the local WikiText-2 files, a clean cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from prune_recover.models import tiny_random
+
+REPO = Path(__file__).resolve().parents[1]
+WIKITEXT2_DIR = Path(os.environ.get("PRUNE_RECOVER_WIKITEXT2", REPO.parent / "shared" / "data" / "wikitext-2-raw"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path_factory):
+    """Offline, W&B offline, and a per-session cache so tests never touch the user's files."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    if "PRUNE_RECOVER_CACHE" not in os.environ:
+        monkeypatch.setenv("PRUNE_RECOVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def wikitext_dir() -> Path:
+    if not (WIKITEXT2_DIR / "wiki.valid.raw").is_file():
+        pytest.fail(f"WikiText-2 files not found in {WIKITEXT2_DIR}; set PRUNE_RECOVER_WIKITEXT2")
+    return WIKITEXT2_DIR
+
+
+@pytest.fixture
+def tiny():
+    """A fresh tiny random Llama and its byte tokenizer."""
+    return tiny_random("llama")
+
+
+def token_batches(count: int = 3, batch: int = 2, seq_len: int = 32, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 259, (batch, seq_len), generator=generator) for _ in range(count)]
