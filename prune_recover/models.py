@@ -96,8 +96,7 @@ def load_model(
         model, tokenizer = tiny_random()
         return model.to(DTYPES[dtype]), tokenizer
     source = resolve_source(name)
-    config = AutoConfig.from_pretrained(source)
-    family_of(config)  # fail before reading any weights
+    load_config(source)  # unsupported families fail before any weights are read
     kwargs = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -111,7 +110,17 @@ def load_config(name: str) -> PretrainedConfig:
     """The config of model `name` without its weights (for planning targets before loading)."""
     if name == TINY_RANDOM:
         return tiny_random()[0].config
-    config = AutoConfig.from_pretrained(resolve_source(name))
+    source = resolve_source(name)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as error:
+        if Path(source).exists():
+            raise
+        raise FileNotFoundError(
+            f"Model '{name}' is not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline or no network). Download it where the hub is reachable (`hf download {name}`) "
+            "or pass a local model directory."
+        ) from error
     family_of(config)
     return config
 

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from prune_recover.data import TextSplits
+from prune_recover.evaluate import Evaluator, PerplexityProtocol, perplexity
+from prune_recover.models import byte_tokenizer, tiny_random
+from prune_recover.text import tokenize_file, wikitext2_file, windows
+
+
+def test_perplexity_is_exp_of_summed_nll_over_non_overlapping_windows():
+    model, _ = tiny_random("llama")
+    ids = torch.randint(3, 259, (1000,), generator=torch.Generator().manual_seed(0))
+    result = perplexity(model, ids, PerplexityProtocol(seq_len=128, max_windows=5))
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(5):
+            window = ids[i * 128 : (i + 1) * 128][None]
+            nll += model(window, labels=window).loss.item() * 127
+            count += 127
+    assert result.tokens == count == 635
+    assert math.isclose(result.ppl, math.exp(nll / count), rel_tol=1e-5)
+    batched = perplexity(model, ids, PerplexityProtocol(seq_len=128, max_windows=5, batch_size=3))
+    assert math.isclose(batched.ppl, result.ppl, rel_tol=1e-5)
+    model.train()
+    assert perplexity(model, ids, PerplexityProtocol(seq_len=128)).tokens == 7 * 127 and model.training
+
+
+def test_evaluator_reports_every_length_and_rejects_too_short_text():
+    model, _ = tiny_random("llama")
+    ids = torch.randint(3, 259, (600,))
+    result = Evaluator(ids, seq_lens=[128, 256], max_windows=2)(model)
+    assert list(result) == [128, 256]
+    with pytest.raises(ValueError, match="fewer than seq_len 1024"):
+        Evaluator(ids, seq_lens=[1024])
+
+
+def test_windows_in_order_or_seeded_and_errors():
+    ids = torch.arange(100)
+    assert windows(ids, 10, 3).tolist()[1] == list(range(10, 20))
+    drawn = windows(ids, 10, 4, seed=1)
+    assert torch.equal(drawn, windows(ids, 10, 4, seed=1)) and (drawn[:, 0] % 10 == 0).all()
+    with pytest.raises(ValueError, match="asked for 11 windows of 10 tokens but the text holds 10"):
+        windows(ids, 10, 11)
+
+
+def test_tokenization_is_cached_and_keyed_by_content(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(" = Title = \n hello world \n")
+    tokenizer = byte_tokenizer()
+    first = tokenize_file(path, tokenizer)
+    assert first.tolist() == tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+    assert torch.equal(tokenize_file(path, tokenizer), first)
+    path.write_text(" changed \n")
+    assert tokenize_file(path, tokenizer).numel() == len(" changed \n")
+
+
+def test_missing_data_files_fail_with_the_path(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"WikiText-2 valid file not found: .*wiki.valid.raw"):
+        wikitext2_file(tmp_path, "valid")
+    with pytest.raises(FileNotFoundError, match="data file for split 'test' not found"):
+        TextSplits(files={"valid": __file__, "test": tmp_path / "nope.txt"})
+    monkeypatch.delenv("PRUNE_RECOVER_WIKITEXT2", raising=False)
+    with pytest.raises(ValueError, match="No WikiText-2 directory given"):
+        TextSplits()
+
+
+def test_calibration_may_not_read_the_evaluation_split(wikitext_dir):
+    with pytest.raises(ValueError, match="calibration split 'test' is the evaluation split"):
+        TextSplits(str(wikitext_dir), calibration={"split": "test"})
+
+
+def test_wikitext_calibration_batches(wikitext_dir):
+    splits = TextSplits(str(wikitext_dir), calibration={"num_samples": 6, "seq_len": 64, "batch_size": 4})
+    batches = splits.calibration_batches(byte_tokenizer())
+    assert [tuple(b.shape) for b in batches] == [(4, 64), (2, 64)]

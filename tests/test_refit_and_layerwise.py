@@ -1,0 +1,111 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from prune_recover.arch import decoder_blocks, gated_mlps
+from prune_recover.models import tiny_random
+from prune_recover.pruning.calibration import ActivationRecorder, collect_activation_stats
+from prune_recover.pruning.importance import SCORERS
+from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.pruning.refit import refit_down_proj
+from prune_recover.pruning.width import prune_width, prune_width_layerwise
+from tests.conftest import token_batches
+
+
+def down_inputs(model, layer, batches):
+    captured = []
+    handle = gated_mlps(model)[layer].down_proj.register_forward_pre_hook(
+        lambda m, a: captured.append(a[0].reshape(-1, a[0].shape[-1]).detach())
+    )
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    handle.remove()
+    return torch.cat(captured).double()
+
+
+def test_refit_is_the_least_squares_solution_and_beats_plain_slicing():
+    model, _ = tiny_random("llama")
+    batches = token_batches(count=4, seq_len=64)
+    stats = collect_activation_stats(model, batches, gram=True)
+    x = down_inputs(model, 0, batches)
+    mlp = gated_mlps(model)[0]
+    weight = mlp.down_proj.weight.detach().double().clone()
+    keep = torch.arange(0, 128, 2)
+    target = x @ weight.T
+
+    refit_down_proj(mlp, keep, stats[0].gram, damp=0.0)
+
+    refitted = mlp.down_proj.weight.detach().double()[:, keep]
+    lstsq = torch.linalg.lstsq(x[:, keep], target).solution.T
+    torch.testing.assert_close(refitted, lstsq, rtol=1e-4, atol=1e-5)
+    plain_error = (x[:, keep] @ weight[:, keep].T - target).norm()
+    refit_error = (x[:, keep] @ refitted.T - target).norm()
+    assert refit_error < 0.9 * plain_error
+
+
+def test_refit_under_lora_keeps_the_adapter_and_fits_the_effective_weight():
+    model, _ = tiny_random("llama")
+    batches = token_batches(count=4, seq_len=64)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["down_proj"], init_lora_weights=False))
+    stats = collect_activation_stats(peft_model, batches, gram=True)
+    mlp = gated_mlps(peft_model)[0]
+    effective = mlp.down_weight().double()
+    lora_b = mlp.down_proj.lora_B["default"].weight.detach().clone()
+    keep = torch.arange(0, 128, 2)
+    x = down_inputs(peft_model, 0, batches)
+
+    refit_down_proj(mlp, keep, stats[0].gram, damp=0.0)
+
+    assert torch.equal(mlp.down_proj.lora_B["default"].weight, lora_b)
+    expected = torch.linalg.lstsq(x[:, keep], x @ effective.T).solution.T
+    torch.testing.assert_close(mlp.down_weight().double()[:, keep], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_refit_rejects_negative_damping():
+    model, _ = tiny_random("llama")
+    with pytest.raises(ValueError, match="non-negative"):
+        refit_down_proj(gated_mlps(model)[0], torch.arange(4), torch.eye(128, dtype=torch.float64), damp=-1)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen3"])
+def test_layerwise_runner_reproduces_the_full_forward(family):
+    model, _ = tiny_random(family, num_hidden_layers=5)
+    batches = token_batches(count=2) + [torch.randint(3, 259, (1, 20))]
+    runner = LayerwiseRunner(model, batches)
+    for index in range(5):
+        runner.advance(runner.run_block(index))
+    base = model.model
+    with torch.no_grad():
+        for hidden, batch in zip(runner.hidden, batches, strict=True):
+            expected = model(batch, output_hidden_states=True).hidden_states[-1]
+            torch.testing.assert_close(base.norm(hidden), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_layerwise_original_equals_oneshot_and_sequential_differs():
+    batches = token_batches(count=3, seq_len=48)
+    oneshot, _ = tiny_random("llama")
+    stats = collect_activation_stats(oneshot, batches, gram=True)
+    kept_oneshot = prune_width(oneshot, 64, SCORERS["activation"], stats, refit_damp=1e-4)
+    layerwise, _ = tiny_random("llama")
+    kept_layerwise = prune_width_layerwise(layerwise, 64, SCORERS["activation"], batches, 1e-4, "original")
+    sequential, _ = tiny_random("llama")
+    kept_sequential = prune_width_layerwise(sequential, 64, SCORERS["activation"], batches, 1e-4, "pruned")
+
+    assert all(torch.equal(kept_oneshot[i], kept_layerwise[i]) for i in range(4))
+    assert torch.equal(kept_oneshot[0], kept_sequential[0])  # layer 0 sees the same inputs either way
+    assert not all(torch.equal(kept_oneshot[i], kept_sequential[i]) for i in range(1, 4))
+    tokens = batches[0]
+    with torch.no_grad():
+        torch.testing.assert_close(oneshot(tokens).logits, layerwise(tokens).logits, rtol=1e-4, atol=1e-4)
+    assert sequential.config.intermediate_size == 64
+
+
+def test_recorder_stats_follow_reset_and_remove_their_hooks():
+    model, _ = tiny_random("llama")
+    with ActivationRecorder(model, layers=[1]) as recorder:
+        model(token_batches(count=1)[0])
+        assert recorder.stats[1].tokens == 64
+        recorder.reset()
+        assert recorder.stats[1].tokens == 0
+    assert not decoder_blocks(model)[1].mlp.down_proj._forward_pre_hooks

@@ -1,0 +1,114 @@
+"""The command line: configs compose, the prune-only job writes its outputs, bad input fails early."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prune_recover.evaluate import Evaluator
+from prune_recover.text import tokenize_file
+from train import run
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.stem for p in (REPO / "configs" / "recipe").glob("*.yaml"))
+
+
+def tiny_overrides(wikitext_dir, output_dir) -> list[str]:
+    """Shrink any config to the tiny random model and a few hundred tokens."""
+    return [
+        "model=tiny_random",
+        f"data.wikitext_dir={wikitext_dir}",
+        "data.calibration.num_samples=4",
+        "data.calibration.seq_len=64",
+        "eval.seq_lens=[64,128]",
+        "eval.max_windows=3",
+        "pruning.depth.num_samples=2",
+        "pruning.depth.seq_len=32",
+        f"output_dir={output_dir}",
+    ]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_config(tiny_overrides(wikitext_dir, out) + ["pruning.depth.num_blocks=1", "pruning.round_to=8"])
+    report = run(cfg)
+
+    saved = json.loads((out / "pruning_report.json").read_text())
+    assert saved["final"] == report["final"]
+    for section in ("base", "final"):
+        assert {"params", "intermediate_size", "num_layers", "ppl"} <= set(saved[section])
+    assert saved["base"] == {**saved["base"], "intermediate_size": 128, "num_layers": 4}
+    assert (saved["final"]["intermediate_size"], saved["final"]["num_layers"]) == (80, 3)  # 76.8 -> 80
+    event = saved["events"][0]
+    assert {"step", "importance", "intermediate_size", "num_layers", "params", "ppl_after"} <= set(event)
+    assert event["importance"] == "activation" and len(event["removed_blocks"]) == 1
+    assert [p["seq_len"] for p in saved["protocol"]["protocols"]] == [64, 128]
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert sum(p.numel() for p in model.parameters()) == saved["final"]["params"]
+    ids = tokenize_file(Path(wikitext_dir) / "wiki.test.raw", tokenizer)
+    reloaded_ppl = Evaluator(ids, seq_lens=[64, 128], max_windows=3)(model)
+    assert reloaded_ppl[64] == pytest.approx(saved["final"]["ppl"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (["pruning.ratio=1.5"], ValueError, r"ratio must be in \(0, 1\)"),
+        (["pruning.importance=magnitude"], ValueError, "Unknown importance scorer 'magnitude'"),
+        (["model.name=llama-9000"], ValueError, "Unknown model 'llama-9000'"),
+        (["pruning.ratio=null", "pruning.target_params=1000"], ValueError, "smallest reachable count"),
+        (["pruning.expansion_ratio=3"], ValueError, "set exactly one"),
+        (["data.wikitext_dir=/nonexistent"], FileNotFoundError, "WikiText-2 train file not found"),
+        (["pruning.depth.num_blocks=9"], ValueError, "num_blocks=9 but the model has 4 blocks"),
+        (["recovery.method=magic"], ValueError, "recovery.method must be one of"),
+    ],
+)
+def test_bad_input_fails_before_any_output_is_written(wikitext_dir, tmp_path, overrides, error, message):
+    out = tmp_path / "run"
+    cfg = compose_config(tiny_overrides(wikitext_dir, out) + overrides)
+    with pytest.raises(error, match=message):
+        run(cfg)
+    assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
+
+
+def test_non_glu_model_is_rejected_from_the_command_line(wikitext_dir, tmp_path):
+    from transformers import GPT2Config
+
+    from prune_recover.arch import UnsupportedModelError
+
+    GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    cfg = compose_config(tiny_overrides(wikitext_dir, tmp_path / "run") + [f"model.name={tmp_path / 'gpt2'}"])
+    with pytest.raises(UnsupportedModelError, match="Supported families"):
+        run(cfg)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_composes_and_runs_on_the_tiny_model(recipe, wikitext_dir, tmp_path):
+    cfg = compose_config([f"recipe={recipe}"] + tiny_overrides(wikitext_dir, tmp_path / recipe))
+    report = run(cfg)
+    assert report["final"]["params"] < report["base"]["params"]
+
+
+def test_the_real_entry_point_runs_under_hydra(wikitext_dir, tmp_path):
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [sys.executable, "train.py", *tiny_overrides(wikitext_dir, out), "pruning.importance=maw"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "final" / "config.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    assert json.loads((out / "pruning_report.json").read_text())["events"][0]["importance"] == "maw"
