@@ -23,12 +23,13 @@ def run(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed, workers=True)
     # Built first so that bad settings, missing files and unreachable targets fail before any weights load.
     pruner = build(cfg.pruning)
-    splits = build(cfg.data)
+    data = build(cfg.data)
     pruner.plan(load_config(cfg.model.name))
     model, tokenizer = load_model(**cfg.model)
-    evaluator = Evaluator(splits.token_ids(splits.eval_split, tokenizer), **cfg.eval)
+    data.set_tokenizer(tokenizer)
+    evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)
     run_info = {"model": cfg.model.name, "config": OmegaConf.to_container(cfg, resolve=True)}
-    return prune_only(model, tokenizer, pruner, splits, evaluator, cfg.output_dir, run_info)
+    return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

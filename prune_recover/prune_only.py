@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from prune_recover.data import TextSplits
+from prune_recover.data import CausalLMDataModule
 from prune_recover.evaluate import Evaluator
 from prune_recover.logging_utils import get_logger
 from prune_recover.models import save_pretrained_atomic
@@ -22,7 +22,7 @@ def prune_only(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     pruner: Pruner,
-    splits: TextSplits,
+    data: CausalLMDataModule,
     evaluator: Evaluator,
     output_dir: str | Path,
     run_info: dict | None = None,
@@ -36,19 +36,15 @@ def prune_only(
     start = time.perf_counter()
     base = model_summary(model, evaluator(model))
     log.info("Base model: %s", base)
-    batches = splits.calibration_batches(tokenizer) if pruner.needs_calibration else []
+    batches = data.calibration_batches() if pruner.needs_calibration else []
     event = pruner.prune(model, batches).to_dict()
     final = model_summary(model, evaluator(model))
     event.update(step=0, ppl_after=final["ppl"], ppl_after_by_seq_len=final["ppl_by_seq_len"])
     log.info("Pruned model: %s", final)
     report = {
         **(run_info or {}),
-        "protocol": {
-            **evaluator.describe(),
-            "eval_split": splits.eval_split,
-            "eval_file": str(splits.path(splits.eval_split)),
-        },
-        "calibration": {**vars(splits.calibration), "file": str(splits.path(splits.calibration.split))},
+        "protocol": {**evaluator.describe(), "eval_data": data.describe_split(data.test_split)},
+        "data": data.describe(),
         "base": base,
         "events": [event],
         "final": final,

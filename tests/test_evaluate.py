@@ -3,10 +3,9 @@ import math
 import pytest
 import torch
 
-from prune_recover.data import TextSplits
 from prune_recover.evaluate import Evaluator, PerplexityProtocol, perplexity
 from prune_recover.models import byte_tokenizer, tiny_random
-from prune_recover.text import tokenize_file, wikitext2_file, windows
+from prune_recover.text import tokenize_file, windows
 
 
 def test_perplexity_is_exp_of_summed_nll_over_non_overlapping_windows():
@@ -54,24 +53,3 @@ def test_tokenization_is_cached_and_keyed_by_content(tmp_path):
     assert torch.equal(tokenize_file(path, tokenizer), first)
     path.write_text(" changed \n")
     assert tokenize_file(path, tokenizer).numel() == len(" changed \n")
-
-
-def test_missing_data_files_fail_with_the_path(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match=r"WikiText-2 valid file not found: .*wiki.valid.raw"):
-        wikitext2_file(tmp_path, "valid")
-    with pytest.raises(FileNotFoundError, match="data file for split 'test' not found"):
-        TextSplits(files={"valid": __file__, "test": tmp_path / "nope.txt"})
-    monkeypatch.delenv("PRUNE_RECOVER_WIKITEXT2", raising=False)
-    with pytest.raises(ValueError, match="No WikiText-2 directory given"):
-        TextSplits()
-
-
-def test_calibration_may_not_read_the_evaluation_split(wikitext_dir):
-    with pytest.raises(ValueError, match="calibration split 'test' is the evaluation split"):
-        TextSplits(str(wikitext_dir), calibration={"split": "test"})
-
-
-def test_wikitext_calibration_batches(wikitext_dir):
-    splits = TextSplits(str(wikitext_dir), calibration={"num_samples": 6, "seq_len": 64, "batch_size": 4})
-    batches = splits.calibration_batches(byte_tokenizer())
-    assert [tuple(b.shape) for b in batches] == [(4, 64), (2, 64)]

@@ -1,0 +1,31 @@
+"""Write one benchmark's section of docs/BENCHMARKS.md between its own markers, leaving the rest alone."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Every figure below was printed by the command shown with it, on the code of the commit that wrote it.\n"
+)
+
+
+def machine() -> str:
+    """One line describing where the numbers were measured."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    return f"{device}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Replace (or append) the section delimited by `<!-- name:start -->` / `<!-- name:end -->`."""
+    text = path.read_text() if path.exists() else HEADER
+    block = f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

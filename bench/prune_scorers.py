@@ -1,0 +1,176 @@
+"""Every importance scorer at 20/40/60% MLP pruning on SmolLM2-135M, next to optipfair 0.4.2.
+
+Protocol: WikiText-2 test read as one string, tokenized once, first 16 non-overlapping windows of
+1024 tokens (prune_recover/evaluate.py). Calibration: 64 windows x 512 tokens drawn (seed 0) from
+the valid split, the same batches for every data-driven method and for optipfair's hybrid.
+One-shot statistics are gathered once on the unpruned model and reused across ratios.
+
+Command (about an hour on a 2-core CPU; results are cached in bench/results/ and a rerun resumes):
+    python bench/prune_scorers.py
+optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its rows are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.markdown import machine, write_section  # noqa: E402
+from prune_recover.data import TextSplits  # noqa: E402
+from prune_recover.evaluate import Evaluator  # noqa: E402
+from prune_recover.models import load_model  # noqa: E402
+from prune_recover.pruning.calibration import collect_activation_stats, collect_taylor_stats  # noqa: E402
+from prune_recover.pruning.importance import SCORERS  # noqa: E402
+from prune_recover.pruning.pruner import Pruner  # noqa: E402
+from prune_recover.pruning.targets import ParamModel, WidthTarget, count_parameters  # noqa: E402
+from prune_recover.pruning.width import prune_width  # noqa: E402
+
+RATIOS = (0.2, 0.4, 0.6)
+RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"
+COMMAND = "python bench/prune_scorers.py"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wikitext-dir", default="../shared/data/wikitext-2-raw")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    args = parser.parse_args()
+    results = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
+
+    def record(key: str, compute) -> None:
+        if key in results:
+            return
+        results[key] = compute()
+        print(key, results[key], flush=True)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+
+    base, tokenizer = load_model("smollm2-135m")
+    splits = TextSplits(args.wikitext_dir)  # calibration defaults: valid, 64 x 512, seed 0
+    evaluator = Evaluator(splits.token_ids("test", tokenizer), seq_lens=[1024], max_windows=16)
+    batches = splits.calibration_batches(tokenizer)
+    params = ParamModel.from_config(base.config)
+
+    def measure(model, seconds: float) -> dict:
+        return {"ppl": evaluator(model)[1024], "params": count_parameters(model), "prune_seconds": round(seconds, 2)}
+
+    record("unpruned", lambda: measure(base, 0.0))
+    stats, stats_seconds = None, {}
+
+    def statistics():
+        nonlocal stats
+        if stats is None:
+            start = time.perf_counter()
+            stats = collect_activation_stats(base, batches, gram=True)
+            stats_seconds["activations"] = time.perf_counter() - start
+            start = time.perf_counter()
+            for index, saliency in collect_taylor_stats(base, batches).items():
+                stats[index].taylor = saliency
+            stats_seconds["gradients"] = time.perf_counter() - start
+        return stats
+
+    for ratio in RATIOS:
+        width = WidthTarget(ratio=ratio).width(params)
+        for name, scorer in SCORERS.items():
+            for refit in (False, True):
+                if refit or scorer.data_driven:
+                    statistics()
+
+                def run(scorer=scorer, refit=refit, width=width):
+                    model = copy.deepcopy(base)
+                    start = time.perf_counter()
+                    prune_width(model, width, scorer, stats, 1e-4 if refit else None)
+                    seconds = time.perf_counter() - start
+                    if refit or scorer.data_driven:
+                        seconds += stats_seconds["gradients" if scorer.needs == "gradients" else "activations"]
+                    return measure(model, seconds)
+
+                record(f"{name}{'+refit' if refit else ''}@{ratio}", run)
+
+        def sequential(ratio=ratio):
+            model = copy.deepcopy(base)
+            start = time.perf_counter()
+            Pruner("activation", ratio=ratio, calibration_mode="sequential").prune(model, batches)
+            return measure(model, time.perf_counter() - start)
+
+        record(f"activation+refit (sequential)@{ratio}", sequential)
+        for key, compute in optipfair_runs(base, batches, ratio, measure).items():
+            record(key, compute)
+
+    write_section("prune_scorers", markdown(results))
+    print(f"wrote docs/BENCHMARKS.md section 'prune_scorers' from {RESULTS}")
+
+
+def optipfair_runs(base, batches, ratio: float, measure) -> dict:
+    try:
+        from optipfair import prune_model
+    except ImportError:
+        print("optipfair not installed: skipping its rows (pip install --no-deps optipfair==0.4.2)")
+        return {}
+
+    def run(dataloader):
+        model = copy.deepcopy(base)
+        start = time.perf_counter()
+        prune_model(
+            model,
+            pruning_type="MLP_GLU",
+            neuron_selection_method="MAW",
+            pruning_percentage=ratio * 100,
+            dataloader=dataloader,
+            show_progress=False,
+        )
+        return measure(model, time.perf_counter() - start)
+
+    def static():
+        return run(None)
+
+    def hybrid():
+        return run([{"input_ids": batch} for batch in batches])
+
+    return {f"optipfair MAW (= max+|min|)@{ratio}": static, f"optipfair hybrid (64x512 calib)@{ratio}": hybrid}
+
+
+def markdown(results: dict) -> str:
+    methods = sorted({key.rsplit("@", 1)[0] for key in results if "@" in key}, key=_method_order)
+    lines = [
+        "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)",
+        "",
+        f"Command: `{COMMAND}` (optipfair 0.4.2 installed with `pip install --no-deps optipfair==0.4.2`).",
+        f"Measured on {machine()}.",
+        "",
+        "WikiText-2 **test** perplexity, seq_len 1024, `wiki.test.raw` read as one string and tokenized once, "
+        "first 16 non-overlapping windows. Calibration for every data-driven row (ours and optipfair's hybrid): "
+        "64 windows x 512 tokens from `wiki.valid.raw` (seed 0). `+refit` = least-squares refit of the kept "
+        "`down_proj` columns on the same calibration activations (ridge 1e-4). Columns give perplexity and, "
+        "in brackets, the pruning cost in seconds (statistics pass included).",
+        "",
+        f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}**, {results['unpruned']['params']:,} parameters.",
+        "",
+        "| method | " + " | ".join(f"{int(r * 100)}% pruned" for r in RATIOS) + " |",
+        "| --- | " + " | ".join("---" for _ in RATIOS) + " |",
+    ]
+    for method in methods:
+        cells = []
+        for ratio in RATIOS:
+            entry = results.get(f"{method}@{ratio}")
+            cells.append(f"{entry['ppl']:.2f} ({entry['prune_seconds']:.1f} s)" if entry else "n/a")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    params = {r: results.get(f"activation@{r}", {}).get("params") for r in RATIOS}
+    lines += ["", "Parameters after pruning: " + ", ".join(f"{int(r * 100)}%: {p:,}" for r, p in params.items() if p)]
+    return "\n".join(lines)
+
+
+def _method_order(method: str) -> tuple:
+    names = list(SCORERS)
+    base = method.split("+")[0].split(" ")[0]
+    return (method.startswith("optipfair"), names.index(base) if base in names else 99, method)
+
+
+if __name__ == "__main__":
+    main()
