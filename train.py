@@ -8,16 +8,18 @@ import hydra
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from prune_recover.config_utils import build
+from prune_recover.config_utils import build, register_resolvers
 from prune_recover.evaluate import Evaluator
 from prune_recover.models import load_config, load_model
 from prune_recover.prune_only import prune_only
+from prune_recover.recovery import prune_and_recover
 
-RECOVERY_METHODS = ("none",)
+RECOVERY_METHODS = ("none", "full", "lora")
+register_resolvers()
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run the job described by a composed config and return its report."""
+def run(cfg: DictConfig) -> dict | None:
+    """Run the job described by a composed config and return its report (None off rank zero)."""
     if cfg.recovery.method not in RECOVERY_METHODS:
         raise ValueError(f"recovery.method must be one of {RECOVERY_METHODS}, got '{cfg.recovery.method}'")
     seed_everything(cfg.seed, workers=True)
@@ -25,18 +27,34 @@ def run(cfg: DictConfig) -> dict:
     pruner = build(cfg.pruning)
     data = build(cfg.data)
     pruner.plan(load_config(cfg.model.name))
+    run_info = {"model": cfg.model.name, "recipe": cfg.recipe_name, "config": OmegaConf.to_container(cfg, resolve=True)}
+    if cfg.recovery.method == "none":
+        model, tokenizer = load_model(**cfg.model)
+        data.set_tokenizer(tokenizer)
+        evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)
+        return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info)
+
+    callbacks = {name: node for name, node in cfg.callbacks.items() if name != "pruning"}
+    pruning = build(cfg.callbacks.pruning, pruner=pruner)
+    loggers = [build(node) for node in cfg.logger.values()]
+    trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
     model, tokenizer = load_model(**cfg.model)
     data.set_tokenizer(tokenizer)
-    evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)
-    run_info = {"model": cfg.model.name, "config": OmegaConf.to_container(cfg, resolve=True)}
-    return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info)
+    pruning.evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)
+    module = build(cfg.recovery.module, model=model)
+    for logger in loggers:
+        logger.log_hyperparams(run_info["config"])
+    return prune_and_recover(
+        trainer, module, data, tokenizer, pruning, pruning.evaluator, cfg.output_dir, cfg.ckpt_path, run_info
+    )
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
-    print(json.dumps({key: report[key] for key in ("base", "final")}, indent=2))
-    print(f"Wrote {cfg.output_dir}/final and {cfg.output_dir}/pruning_report.json")
+    if report is not None:
+        print(json.dumps({key: report[key] for key in ("base", "final")}, indent=2))
+        print(f"Wrote {cfg.output_dir}/final and {cfg.output_dir}/pruning_report.json")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover.data import TextSplits  # noqa: E402
+from prune_recover.data import CausalLMDataModule  # noqa: E402
 from prune_recover.evaluate import Evaluator  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.calibration import collect_activation_stats, collect_taylor_stats  # noqa: E402
@@ -52,9 +52,10 @@ def main() -> None:
         RESULTS.write_text(json.dumps(results, indent=1))
 
     base, tokenizer = load_model("smollm2-135m")
-    splits = TextSplits(args.wikitext_dir)  # calibration defaults: valid, 64 x 512, seed 0
-    evaluator = Evaluator(splits.token_ids("test", tokenizer), seq_lens=[1024], max_windows=16)
-    batches = splits.calibration_batches(tokenizer)
+    calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": 0}
+    data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration=calibration)
+    evaluator = Evaluator(data.token_ids("test"), seq_lens=[1024], max_windows=16)
+    batches = data.calibration_batches()
     params = ParamModel.from_config(base.config)
 
     def measure(model, seconds: float) -> dict:

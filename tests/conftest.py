@@ -40,3 +40,44 @@ def tiny():
 def token_batches(count: int = 3, batch: int = 2, seq_len: int = 32, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(3, 259, (batch, seq_len), generator=generator) for _ in range(count)]
+
+
+def tiny_data(wikitext_dir, **kwargs):
+    """WikiText-2 valid as training data for a tiny model: 64-token blocks, a few calibration windows."""
+    from prune_recover.data import CausalLMDataModule
+    from prune_recover.models import byte_tokenizer
+
+    settings = dict(
+        wikitext_dir=str(wikitext_dir),
+        train_split="valid",
+        val_split="valid",
+        val_fraction=0.05,
+        block_size=64,
+        batch_size=4,
+        max_val_blocks=8,
+        calibration={"num_samples": 8, "seq_len": 64, "batch_size": 4},
+    )
+    settings.update(kwargs)
+    return CausalLMDataModule(byte_tokenizer(), **settings)
+
+
+def tiny_trainer(root, callbacks=(), **kwargs):
+    import lightning as L
+
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=6,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=2,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        default_root_dir=str(root),
+    )
+    settings.update(kwargs)
+    return L.Trainer(callbacks=list(callbacks), **settings)

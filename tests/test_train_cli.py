@@ -28,6 +28,11 @@ def tiny_overrides(wikitext_dir, output_dir) -> list[str]:
         "eval.max_windows=3",
         "pruning.depth.num_samples=2",
         "pruning.depth.seq_len=32",
+        "data.block_size=64",
+        "data.max_val_blocks=4",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "callbacks.checkpoint.every_n_train_steps=2",
         f"output_dir={output_dir}",
     ]
 
@@ -39,7 +44,8 @@ def compose_config(overrides: list[str]):
 
 def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = compose_config(tiny_overrides(wikitext_dir, out) + ["pruning.depth.num_blocks=1", "pruning.round_to=8"])
+    overrides = ["recovery=none", "pruning.depth.num_blocks=1", "pruning.round_to=8"]
+    cfg = compose_config(tiny_overrides(wikitext_dir, out) + overrides)
     report = run(cfg)
 
     saved = json.loads((out / "pruning_report.json").read_text())
@@ -95,15 +101,42 @@ def test_non_glu_model_is_rejected_from_the_command_line(wikitext_dir, tmp_path)
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_runs_on_the_tiny_model(recipe, wikitext_dir, tmp_path):
-    cfg = compose_config([f"recipe={recipe}"] + tiny_overrides(wikitext_dir, tmp_path / recipe))
+    cfg = compose_config([f"recipe={recipe}"] + tiny_overrides(wikitext_dir, tmp_path / recipe) + ["logger=csv"])
     report = run(cfg)
     assert report["final"]["params"] < report["base"]["params"]
+    assert report["recipe"] == cfg.recipe_name == recipe
+
+
+def test_recovery_job_reports_events_and_final_validation(wikitext_dir, tmp_path):
+    out = tmp_path / "recover"
+    overrides = ["schedule=cubic", "schedule.start_step=0", "schedule.end_step=2", "schedule.num_events=3"]
+    report = run(compose_config(tiny_overrides(wikitext_dir, out) + overrides + ["trainer.max_steps=5"]))
+    saved = json.loads((out / "pruning_report.json").read_text())
+    assert saved["final"] == report["final"] and saved["final"]["intermediate_size"] == 77
+    assert [e["step"] for e in saved["events"]] == [0, 1, 2]
+    for event in saved["events"]:
+        assert {
+            "step",
+            "importance",
+            "intermediate_size",
+            "num_layers",
+            "params",
+            "ppl_after",
+            "train_loss",
+            "tokens_seen",
+        } <= set(event)
+    assert saved["events"][1]["tokens_seen"] == 4 * 64 and saved["events"][1]["train_loss"] > 0
+    assert saved["final"]["val_ppl"] > 1 and saved["recovery"] == {**saved["recovery"], "steps": 5, "method": "full"}
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert any((out / "wandb").glob("offline-run-*")), "W&B logged offline under output_dir"
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert reloaded.config.intermediate_size == 77
 
 
 def test_the_real_entry_point_runs_under_hydra(wikitext_dir, tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "train.py", *tiny_overrides(wikitext_dir, out), "pruning.importance=maw"],
+        [sys.executable, "train.py", *tiny_overrides(wikitext_dir, out), "pruning.importance=maw", "recovery=lora"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -111,4 +144,5 @@ def test_the_real_entry_point_runs_under_hydra(wikitext_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "final" / "config.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
-    assert json.loads((out / "pruning_report.json").read_text())["events"][0]["importance"] == "maw"
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["events"][0]["importance"] == "maw" and report["recovery"]["method"] == "lora"

@@ -9,7 +9,7 @@ prune-only command both call `prune`; neither knows how scoring or surgery work.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -28,6 +28,7 @@ from prune_recover.pruning.width import prune_width, prune_width_layerwise
 log = get_logger(__name__)
 
 CALIBRATION_MODES = ("oneshot", "layerwise", "sequential")
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ class PruneEvent:
     calibration_mode: str | None = None
     calibration_tokens: int = 0
     seconds: float = 0.0
+    kept: dict = field(default_factory=dict, repr=False)  # layer -> kept neuron indices; not serialized
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "kept"}
 
 
 class Pruner:
@@ -179,6 +181,7 @@ class Pruner:
         num_blocks: int | None = None,
         stats: Mapping[int, NeuronStats] | None = None,
         optimizers: Iterable[torch.optim.Optimizer] = (),
+        reduce: Reduce | None = None,
     ) -> PruneEvent:
         """Prune `model` in place: first `num_blocks` blocks, then every MLP to `width` neurons.
 
@@ -187,21 +190,28 @@ class Pruner:
             calibration: Token batches `[batch, seq_len]` for data-driven scoring and the refit.
             width: MLP width to prune to; None takes the plan's final width (or skips width pruning).
             num_blocks: Blocks to remove now; None takes `depth.num_blocks`.
-            stats: Activation statistics already gathered (e.g. from training batches); replaces the
-                calibration forward pass for `oneshot` mode.
+            stats: Activation statistics already gathered for every current layer (e.g. from training
+                batches); they replace the calibration forward pass for the width scores and refit.
             optimizers: Optimizers whose state must follow the surgery.
+            reduce: Applied to every statistic and block score before it is used; under DDP an
+                all-reduce mean, so that every rank takes identical decisions.
         """
         start = time.perf_counter()
         optimizers = list(optimizers)
+        reduce = reduce or _identity
         config = unwrap(model).config
         if width is None and self.target is not None:
             width = self.plan(config).intermediate_size
         num_blocks = self.depth.num_blocks if num_blocks is None else num_blocks
-        if self.needs_calibration and not calibration and stats is None:
+        if self.needs_calibration and not calibration and (stats is None or num_blocks):
             raise ValueError("this pruning configuration needs calibration batches, none were given")
-        removed = self._prune_depth(model, calibration, num_blocks, optimizers) if num_blocks else []
+        removed = self._prune_depth(model, calibration, num_blocks, optimizers, reduce) if num_blocks else []
+        if stats is not None and removed:
+            survivors = [index for index in sorted(stats) if index not in set(removed)]
+            stats = {new: stats[old] for new, old in enumerate(survivors)}
+        kept = {}
         if width is not None and width < gated_mlps(model)[0].intermediate_size:
-            self._prune_width(model, calibration, width, stats, optimizers)
+            kept = self._prune_width(model, calibration, width, stats, optimizers, reduce)
         event = PruneEvent(
             importance=self.scorer.name,
             intermediate_size=config.intermediate_size,
@@ -213,32 +223,60 @@ class Pruner:
             calibration_mode=self.calibration_mode if self.needs_calibration else None,
             calibration_tokens=sum(batch.numel() for batch in calibration) if self.needs_calibration else 0,
             seconds=time.perf_counter() - start,
+            kept=kept,
         )
         log.info("Pruned: %s", event.to_dict())
         return event
 
-    def _prune_depth(self, model: nn.Module, calibration, num_blocks: int, optimizers: list) -> list[int]:
+    def _prune_depth(
+        self, model: nn.Module, calibration, num_blocks: int, optimizers: list, reduce: Reduce
+    ) -> list[int]:
         criterion = get_depth_criterion(self.depth.criterion)
         samples = torch.cat(list(calibration))[: self.depth.num_samples, : self.depth.seq_len]
-        scores = criterion.fn(model, list(samples.split(max(1, calibration[0].shape[0]))))
+        scores = reduce(criterion.fn(model, list(samples.split(max(1, calibration[0].shape[0])))))
         blocks = choose_blocks(scores, num_blocks, self.depth.protect_first, self.depth.protect_last)
         log.info("Depth %s scores %s -> removing blocks %s", criterion.name, scores.tolist(), blocks)
         return remove_blocks(model, blocks, optimizers)
 
-    def _prune_width(self, model: nn.Module, calibration, width: int, stats, optimizers: list) -> None:
+    def _prune_width(
+        self, model: nn.Module, calibration, width: int, stats, optimizers: list, reduce: Reduce
+    ) -> dict[int, torch.Tensor]:
         damp = self.refit_damp if self.refit else None
-        needs_data = self.scorer.data_driven or self.refit
-        if not needs_data:
-            prune_width(model, width, self.scorer, None, None, optimizers)
-            return
-        taylor = collect_taylor_stats(model, calibration) if self.scorer.needs == "gradients" else None
+        if not (self.scorer.data_driven or self.refit):
+            return prune_width(model, width, self.scorer, None, None, optimizers)
+        taylor = None
+        if self.scorer.needs == "gradients":
+            taylor = {index: reduce(value) for index, value in collect_taylor_stats(model, calibration).items()}
         if self.calibration_mode == "oneshot" or stats is not None:
             if stats is None:
                 stats = collect_activation_stats(model, calibration, gram=self.refit)
-            if taylor is not None:
-                for index, saliency in taylor.items():
-                    stats[index].taylor = saliency
-            prune_width(model, width, self.scorer, stats, damp, optimizers)
-        else:
-            propagate = "original" if self.calibration_mode == "layerwise" else "pruned"
-            prune_width_layerwise(model, width, self.scorer, calibration, damp, propagate, taylor, optimizers)
+            stats = {index: reduce_stats(layer_stats, reduce) for index, layer_stats in stats.items()}
+            for index, saliency in (taylor or {}).items():
+                stats[index].taylor = saliency
+            return prune_width(model, width, self.scorer, stats, damp, optimizers)
+        propagate = "original" if self.calibration_mode == "layerwise" else "pruned"
+        return prune_width_layerwise(
+            model,
+            width,
+            self.scorer,
+            calibration,
+            damp,
+            propagate,
+            taylor,
+            optimizers,
+            lambda s: reduce_stats(s, reduce),
+        )
+
+
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def reduce_stats(stats: NeuronStats, reduce: Reduce) -> NeuronStats:
+    """`stats` with `reduce` applied to every accumulated tensor."""
+    return NeuronStats(
+        sum_sq=reduce(stats.sum_sq),
+        tokens=stats.tokens,
+        gram=None if stats.gram is None else reduce(stats.gram),
+        taylor=None if stats.taylor is None else reduce(stats.taylor),
+    )

@@ -10,7 +10,7 @@ Two drivers share the per-layer step:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -74,6 +74,7 @@ def prune_width_layerwise(
     propagate: Literal["original", "pruned"] = "original",
     taylor: Mapping[int, torch.Tensor] | None = None,
     optimizers: Iterable[torch.optim.Optimizer] = (),
+    reduce: Callable[[NeuronStats], NeuronStats] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Prune layer by layer, gathering each layer's statistics right before pruning it.
 
@@ -81,6 +82,7 @@ def prune_width_layerwise(
         propagate: `original` gives every layer the same inputs as one-shot calibration;
             `pruned` gives it the outputs of the already-pruned layers below (sequential).
         taylor: Per-layer gradient saliencies for the `taylor` scorer (a backward pass needs the whole model).
+        reduce: Applied to each layer's statistics before use (an all-reduce under DDP).
     """
     if propagate not in ("original", "pruned"):
         raise ValueError(f"propagate must be 'original' or 'pruned', got '{propagate}'")
@@ -93,7 +95,7 @@ def prune_width_layerwise(
         for index, mlp in enumerate(gated_mlps(model)):
             with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
                 outputs = runner.run_block(index)
-            layer_stats = recorder.stats[index]
+            layer_stats = reduce(recorder.stats[index]) if reduce else recorder.stats[index]
             if taylor is not None:
                 layer_stats.taylor = taylor[index]
             kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)

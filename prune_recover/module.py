@@ -1,0 +1,256 @@
+"""LightningModule that trains a causal LM's quality back: full continued pretraining or LoRA,
+optionally distilled from a frozen copy of the model as it was given (the unpruned teacher).
+
+It knows no pruning. What it does know is that its architecture may change between checkpoints:
+each checkpoint stores the Hugging Face config, and loading one whose shapes differ rebuilds the
+model from that config before Lightning copies the weights in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.initialization import no_init_weights
+
+from prune_recover.arch import unwrap
+from prune_recover.pruning.targets import count_parameters
+
+METHODS = ("full", "lora")
+# Config fields that define the shapes a checkpoint's weights need.
+ARCHITECTURE_KEYS = ("intermediate_size", "num_hidden_layers", "layer_types", "hidden_size", "vocab_size")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (`recovery.module.lora`); defaults follow Shortened LLaMA.
+
+    Attributes:
+        r: Rank.
+        alpha: Scaling numerator (`lora_alpha`); the update is scaled by alpha / r.
+        dropout: Dropout on the adapter input.
+        target_modules: Module names to adapt; `all-linear` = every linear projection but the LM head.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Distillation from the unpruned model (`recovery.module.distill`).
+
+    Attributes:
+        alpha: Weight of the KL term; the loss is (1 - alpha) * CE + alpha * T^2 * KL. 0 disables it.
+        temperature: Softmax temperature T for both teacher and student logits.
+    """
+
+    alpha: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"recovery distill.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"recovery distill.temperature must be positive, got {self.temperature}")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1):
+    """Linear warmup to the base LR, then cosine decay to `min_lr_ratio` of it at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class _Throughput:
+    last: float | None = None
+    tokens: int = 0
+    history: list = field(default_factory=list)
+
+
+class RecoveryModule(L.LightningModule):
+    """Causal-LM training with cross-entropy and optional distillation.
+
+    Args:
+        model: The Hugging Face causal LM to train (pruned later by a callback, or not).
+        method: `full` (every weight trains) or `lora` (peft adapters; base frozen; merged at export).
+        lora: `LoraSettings` fields.
+        distill: `DistillSettings` fields; alpha > 0 keeps a frozen copy of `model` as teacher.
+        optimizer: Factory `params -> Optimizer` (a Hydra `_partial_` node).
+        scheduler: Factory `(optimizer, total_steps) -> LR scheduler` stepped every optimizer step, or None.
+        weight_decay_norms_and_biases: Apply weight decay to 1-D parameters too (usually not).
+        gradient_checkpointing: Recompute activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        method: str = "full",
+        lora: LoraSettings | Mapping | None = None,
+        distill: DistillSettings | Mapping | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., object] | None = None,
+        weight_decay_norms_and_biases: bool = False,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"recovery method must be one of {METHODS}, got '{method}'")
+        self.method = method
+        self.lora = lora if isinstance(lora, LoraSettings) else LoraSettings(**(lora or {}))
+        self.distill = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-4)
+        self.scheduler_factory = scheduler
+        self.weight_decay_norms_and_biases = weight_decay_norms_and_biases
+        self.gradient_checkpointing = gradient_checkpointing
+        # The teacher lives outside the module tree: not trained, not checkpointed, not wrapped by DDP.
+        self._teacher = [copy.deepcopy(model).eval().requires_grad_(False)] if self.distill.alpha > 0 else []
+        self.model = self._prepare(model).train()  # loaders hand out eval-mode models; dropout must be live
+        self.tokens_seen = 0
+        self._throughput = _Throughput()
+        self._val_sums = [0.0, 0]  # summed NLL, predicted tokens (this rank)
+        self.save_hyperparameters({"method": method, "lora": asdict(self.lora), "distill": asdict(self.distill)})
+
+    def _prepare(self, model: PreTrainedModel) -> nn.Module:
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.method == "lora":
+            from peft import get_peft_model
+
+            if self.gradient_checkpointing:
+                model.enable_input_require_grads()
+            return get_peft_model(model, self.lora.peft_config())
+        return model
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The Hugging Face model inside (under the LoRA wrapper, if any)."""
+        return unwrap(self.model)
+
+    @property
+    def teacher(self) -> PreTrainedModel | None:
+        return self._teacher[0] if self._teacher else None
+
+    def forward(self, input_ids: torch.Tensor, **kwargs):
+        return self.model(input_ids=input_ids, use_cache=False, **kwargs)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            parameter = next(self.model.parameters())
+            self.teacher.to(device=parameter.device, dtype=parameter.dtype)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        input_ids = batch[0]
+        output = self(input_ids, labels=input_ids)
+        loss = output.loss
+        if self.teacher is not None:
+            kd = self._distillation_loss(output.logits, input_ids)
+            self.log("train/ce", loss.detach())
+            self.log("train/kd", kd.detach())
+            loss = (1 - self.distill.alpha) * loss + self.distill.alpha * kd
+        self.tokens_seen += input_ids.numel() * self.trainer.world_size
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        self.log("model/params", count_parameters(self.model) / 1e6)  # millions; changes at pruning events
+        return loss
+
+    def _distillation_loss(self, student_logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        temperature = self.distill.temperature
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=input_ids, use_cache=False).logits
+        student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        kl = F.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True, reduction="batchmean")
+        return kl * temperature**2
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._throughput.last is None:
+            self._throughput.last = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        tokens = batch[0].numel() * self.trainer.world_size
+        self.log("train/tokens_per_s", tokens / max(now - self._throughput.last, 1e-9), prog_bar=True)
+        self._throughput.last = now
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        input_ids = batch[0]
+        loss = self(input_ids, labels=input_ids).loss
+        predicted = input_ids[:, 1:].numel()
+        self._val_sums[0] += loss.item() * predicted
+        self._val_sums[1] += predicted
+
+    def on_validation_epoch_end(self) -> None:
+        sums = torch.tensor(self._val_sums, dtype=torch.float64, device=self.device)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # token-weighted over every rank
+        if sums[1] > 0:
+            mean_nll = sums[0] / sums[1]
+            self.log("val/loss", mean_nll.float())
+            self.log("val/ppl", torch.exp(mean_nll).float(), prog_bar=True)
+        self._val_sums = [0.0, 0]
+        self._throughput.last = None  # validation time is not training throughput
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 or self.weight_decay_norms_and_biases else no_decay).append(param)
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hf_config"] = self.hf_model.config.to_dict()
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        saved = checkpoint.get("hf_config")
+        current = self.hf_model.config.to_dict()
+        if saved and any(saved.get(key) != current.get(key) for key in ARCHITECTURE_KEYS):
+            self._rebuild(saved)
+
+    def _rebuild(self, config_dict: dict) -> None:
+        """Replace the model by one built from `config_dict` (weights follow from the checkpoint)."""
+        old = self.hf_model
+        config = type(old.config).from_dict(config_dict)
+        parameter = next(old.parameters())
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=parameter.dtype)
+        self.model = self._prepare(model.to(parameter.device)).train(old.training)
+
+    def merged_model(self) -> PreTrainedModel:
+        """The plain Hugging Face model to export: LoRA adapters merged into the weights (in place)."""
+        if self.method == "lora":
+            self.model = self.model.merge_and_unload()
+        return self.hf_model

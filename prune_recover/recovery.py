@@ -1,0 +1,70 @@
+"""The prune-then-recover job: fit (the callback prunes), validate, merge, export, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+from transformers import PreTrainedTokenizerBase
+
+from prune_recover.callbacks import PruningCallback
+from prune_recover.data import CausalLMDataModule
+from prune_recover.evaluate import Evaluator
+from prune_recover.logging_utils import get_logger
+from prune_recover.models import save_pretrained_atomic
+from prune_recover.module import RecoveryModule
+from prune_recover.report import model_summary, write_json_atomic
+
+log = get_logger(__name__)
+
+
+def prune_and_recover(
+    trainer: L.Trainer,
+    module: RecoveryModule,
+    data: CausalLMDataModule,
+    tokenizer: PreTrainedTokenizerBase,
+    pruning: PruningCallback,
+    evaluator: Evaluator,
+    output_dir: str | Path,
+    ckpt_path: str | None = None,
+    run_info: dict | None = None,
+) -> dict | None:
+    """Train with the pruning callback, then write `<output_dir>/final/` and `pruning_report.json`.
+
+    Returns:
+        The report on global rank zero; None on other ranks or when training was interrupted.
+    """
+    output_dir = Path(output_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        log.warning("Training was interrupted; no export. Resume with ckpt_path=last.")
+        return None
+    validation = trainer.validate(module, datamodule=data, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return None
+    model = module.merged_model()
+    final = model_summary(model, evaluator(model))
+    final["val_ppl"] = validation.get("val/ppl")
+    report = {
+        **(run_info or {}),
+        "protocol": {**evaluator.describe(), "eval_data": data.describe_split(data.test_split)},
+        "data": data.describe(),
+        "base": pruning.base,
+        "events": pruning.events,
+        "final": final,
+        "recovery": {
+            "method": module.method,
+            "steps": trainer.global_step,
+            "tokens_seen": module.tokens_seen,
+            "distill": module.distill.alpha > 0,
+        },
+        "wall_seconds": time.perf_counter() - start,
+    }
+    for logger in trainer.loggers:
+        logger.log_metrics({"test/ppl": final["ppl"], "final/params": final["params"] / 1e6}, step=trainer.global_step)
+    save_pretrained_atomic(model, tokenizer, output_dir / "final")
+    write_json_atomic(output_dir / "pruning_report.json", report)
+    log.info("Final: %s", final)
+    return report
