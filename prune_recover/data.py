@@ -1,7 +1,8 @@
 """LightningDataModule for causal-LM recovery: corpus -> token stream -> fixed-length blocks.
 
 Sources (exactly one):
-- `wikitext_dir`: a folder of WikiText-2 `wiki.train.tokens` / `wiki.valid.raw` / `wiki.test.raw`;
+- `wikitext_dir`: a folder of WikiText-2 `wiki.train.tokens` / `wiki.valid.raw` / `wiki.test.raw`
+  (takes precedence over `hub_dataset`, so offline runs only need the folder or its environment variable);
 - `hub_dataset` (+ `hub_config`): a Hugging Face dataset, e.g. `wikitext` / `wikitext-2-raw-v1`;
 - `files`: `{split: path or [paths]}` of local `.txt`-like, `.json`/`.jsonl` or `.parquet` files.
 
@@ -78,6 +79,8 @@ class CausalLMDataModule(L.LightningDataModule):
         streaming: Read the training split lazily (datasets streaming), packing blocks on the fly.
         num_workers: DataLoader workers.
         calibration: `CalibrationSpec` fields.
+        eval_from: Another source (`wikitext_dir`, `hub_dataset` + `hub_config`, or `files`) for the
+            validation and test splits, e.g. WikiText-2 while training on a pretraining corpus.
     """
 
     def __init__(
@@ -99,10 +102,12 @@ class CausalLMDataModule(L.LightningDataModule):
         streaming: bool = False,
         num_workers: int = 0,
         calibration: CalibrationSpec | Mapping | None = None,
+        eval_from: Mapping | None = None,
     ):
         super().__init__()
         self.tokenizer = tokenizer
         self.sources = self._resolve_sources(wikitext_dir, hub_dataset, hub_config, files)
+        self.eval_sources = self._resolve_sources(**eval_from) if eval_from else None
         if document_separator not in ("eos", "none"):
             raise ValueError(f"data.document_separator must be 'eos' or 'none', got '{document_separator}'")
         if not 0 <= val_fraction < 1:
@@ -126,12 +131,11 @@ class CausalLMDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self._ids: dict[str, torch.Tensor] = {}
 
-    def _resolve_sources(self, wikitext_dir, hub_dataset, hub_config, files) -> dict:
-        given = [name for name, value in (("files", files), ("hub_dataset", hub_dataset)) if value]
-        if wikitext_dir and given:
-            raise ValueError(f"set one data source, got wikitext_dir and {given}")
-        if len(given) > 1:
-            raise ValueError(f"set one data source, got {given}")
+    def _resolve_sources(self, wikitext_dir=None, hub_dataset=None, hub_config=None, files=None) -> dict:
+        if files and (hub_dataset or wikitext_dir):
+            raise ValueError("set one data source: files, or wikitext_dir / hub_dataset")
+        if wikitext_dir:  # a local WikiText-2 folder, when given, replaces the hub copy
+            hub_dataset = None
         if files:
             sources = {
                 split: [Path(p).expanduser() for p in ([paths] if isinstance(paths, str | Path) else paths)]
@@ -157,18 +161,26 @@ class CausalLMDataModule(L.LightningDataModule):
             sources[split] = [folder / name]
         return {"kind": "files", "files": sources}
 
+    def source(self, split: str) -> dict:
+        """Where `split` comes from: `eval_from` for the validation and test splits when it is set."""
+        if self.eval_sources is not None and split in (self.val_split, self.test_split) and split != self.train_split:
+            return self.eval_sources
+        return self.sources
+
     def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
         self._ids.clear()
 
     def _check_split(self, split: str) -> None:
-        if self.sources["kind"] == "files" and split not in self.sources["files"]:
-            raise ValueError(f"split '{split}' is not among the configured files {sorted(self.sources['files'])}")
+        source = self.source(split)
+        if source["kind"] == "files" and split not in source["files"]:
+            raise ValueError(f"split '{split}' is not among the configured files {sorted(source['files'])}")
 
     def describe_split(self, split: str) -> str:
-        if self.sources["kind"] == "files":
-            return ", ".join(str(p) for p in self.sources["files"][split])
-        return f"{self.sources['path']}/{self.sources['name']}:{self._hub_split(split)}"
+        source = self.source(split)
+        if source["kind"] == "files":
+            return ", ".join(str(p) for p in source["files"][split])
+        return f"{source['path']}/{source['name']}:{self._hub_split(split)}"
 
     def token_ids(self, split: str) -> torch.Tensor:
         """Every token id of `split`, as one 1-D tensor (cached in memory and on disk)."""
@@ -180,8 +192,8 @@ class CausalLMDataModule(L.LightningDataModule):
         return self._ids[split]
 
     def _load_ids(self, split: str) -> torch.Tensor:
-        if self.sources["kind"] == "files":
-            parts = [self._file_ids(path) for path in self.sources["files"][split]]
+        if self.source(split)["kind"] == "files":
+            parts = [self._file_ids(path) for path in self.source(split)["files"][split]]
             return self._join(parts)
         dataset = self._hub(split, streaming=False)
         key = f"{dataset._fingerprint}-{tokenizer_fingerprint(self.tokenizer)}-{self.document_separator}"
@@ -232,13 +244,14 @@ class CausalLMDataModule(L.LightningDataModule):
     def _hub(self, split: str, streaming: bool):
         import datasets
 
+        source = self.source(split)
         try:
             return datasets.load_dataset(
-                self.sources["path"], self.sources["name"], split=self._hub_split(split), streaming=streaming
+                source["path"], source["name"], split=self._hub_split(split), streaming=streaming
             )
         except (ConnectionError, OSError, ValueError) as error:
             raise FileNotFoundError(
-                f"could not load hub dataset {self.sources['path']}/{self.sources['name']} split '{split}' "
+                f"could not load hub dataset {source['path']}/{source['name']} split '{split}' "
                 f"(offline, or not in the local datasets cache): {error}. Use data.wikitext_dir or data.files instead."
             ) from error
 
@@ -273,12 +286,12 @@ class CausalLMDataModule(L.LightningDataModule):
         return DataLoader(TensorDataset(blocks), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def _stream(self, split: str, shard: bool = True) -> IterableDataset:
-        if self.sources["kind"] == "hub":
+        if self.source(split)["kind"] == "hub":
             rows = self._hub(split, streaming=True)
         else:
             import datasets
 
-            paths = self.sources["files"][split]
+            paths = self.source(split)["files"][split]
             builder = STRUCTURED.get(paths[0].suffix.lower(), "text")
             extra = {"keep_linebreaks": True} if builder == "text" else {}
             rows = datasets.load_dataset(

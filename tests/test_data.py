@@ -41,7 +41,7 @@ def test_calibration_comes_from_the_training_part(wikitext_dir):
         ({"wikitext_dir": "/nonexistent"}, FileNotFoundError, "WikiText-2 train file not found: /nonexistent"),
         ({"calibration": {"split": "test"}}, ValueError, "test split 'test' may not be trained, validated or calib"),
         ({"val_fraction": 0.0}, ValueError, "needs data.val_fraction > 0"),
-        ({"hub_dataset": "wikitext"}, ValueError, "set one data source"),
+        ({"files": {"train": __file__}}, ValueError, "set one data source"),
         ({"document_separator": "newline"}, ValueError, "document_separator must be 'eos' or 'none'"),
         ({"calibration": {"num_samples": 0}}, ValueError, "data.calibration needs num_samples >= 1"),
     ],
@@ -110,3 +110,14 @@ def test_packed_stream_shards_are_disjoint_and_complete(tmp_path, monkeypatch):
     assert len(shards[0]) + len(shards[1]) == len(everything)
     assert all(torch.equal(a, b) for a, b in zip(shards[0], everything[0::2], strict=True))
     assert all(torch.equal(a, b) for a, b in zip(shards[1], everything[1::2], strict=True))
+
+
+def test_training_corpus_with_wikitext_for_validation_and_test(tmp_path, wikitext_dir):
+    train = write_jsonl(tmp_path / "train.jsonl", [f"pretraining document {i}" for i in range(200)])
+    data = CausalLMDataModule(
+        byte_tokenizer(), files={"train": str(train)}, eval_from={"wikitext_dir": str(wikitext_dir)}, block_size=32
+    )
+    assert data.describe_split("train") == str(train)
+    assert data.describe_split("test").endswith("wiki.test.raw")
+    assert torch.equal(data.token_ids("valid"), tokenize_file(wikitext_dir / "wiki.valid.raw", data.tokenizer))
+    assert next(iter(data.train_dataloader()))[0].shape == (4, 32)

@@ -21,6 +21,12 @@ def tiny_overrides(wikitext_dir, output_dir) -> list[str]:
     """Shrink any config to the tiny random model and a few hundred tokens."""
     return [
         "model=tiny_random",
+        "model.name=tiny-random",
+        "model.dtype=float32",
+        "data=wikitext2",
+        "trainer=cpu",
+        "trainer.precision=32-true",
+        "trainer.accumulate_grad_batches=1",
         f"data.wikitext_dir={wikitext_dir}",
         "data.calibration.num_samples=4",
         "data.calibration.seq_len=64",
@@ -101,10 +107,14 @@ def test_non_glu_model_is_rejected_from_the_command_line(wikitext_dir, tmp_path)
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_runs_on_the_tiny_model(recipe, wikitext_dir, tmp_path):
-    cfg = compose_config([f"recipe={recipe}"] + tiny_overrides(wikitext_dir, tmp_path / recipe) + ["logger=csv"])
+    overrides = [f"recipe={recipe}"] + tiny_overrides(wikitext_dir, tmp_path / recipe) + ["logger=csv"]
+    if compose_config(overrides).pruning.target_params:  # an 8B target means nothing for a 181k-parameter model
+        overrides += ["pruning.target_params=150000", "pruning.round_to=8"]
+    cfg = compose_config(overrides)
     report = run(cfg)
     assert report["final"]["params"] < report["base"]["params"]
-    assert report["recipe"] == cfg.recipe_name == recipe
+    assert report["recipe"] == cfg.recipe_name != "default"
+    assert f"python train.py recipe={recipe}" in (REPO / "configs" / "recipe" / f"{recipe}.yaml").read_text()
 
 
 def test_recovery_job_reports_events_and_final_validation(wikitext_dir, tmp_path):
