@@ -26,9 +26,12 @@ def run(cfg: DictConfig) -> dict | None:
     # Built first so that bad settings, missing files and unreachable targets fail before any weights load.
     pruner = build(cfg.pruning)
     data = build(cfg.data)
-    pruner.plan(load_config(cfg.model.name))
+    if pruner is not None:
+        pruner.plan(load_config(cfg.model.name))
     run_info = {"model": cfg.model.name, "recipe": cfg.recipe_name, "config": OmegaConf.to_container(cfg, resolve=True)}
     if cfg.recovery.method == "none":
+        if pruner is None:
+            raise ValueError("recovery=none with pruning=none does nothing; enable pruning or recovery")
         model, tokenizer = load_model(**cfg.model)
         data.set_tokenizer(tokenizer)
         evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)

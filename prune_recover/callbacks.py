@@ -14,11 +14,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from prune_recover.arch import unwrap
+from prune_recover.distributed import FSDP_PRUNING_HELP, all_reduce_mean, is_fsdp
 from prune_recover.logging_utils import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder
 from prune_recover.pruning.pruner import Pruner
@@ -33,7 +33,8 @@ class PruningCallback(L.Callback):
     """Prune a `RecoveryModule`'s model on a schedule.
 
     Args:
-        pruner: What to prune and how (`Pruner`, built from the `pruning` config node).
+        pruner: What to prune and how (`Pruner`, built from the `pruning` config node); None trains
+            without pruning (the callback then only measures the model before training).
         schedule: `PruningSchedule` fields (`kind`, `start_step`, `end_step`, `num_events`).
         stats_source: `calibration` scores on the data module's calibration batches at each event;
             `training` scores on activation statistics accumulated from the training batches since
@@ -43,7 +44,7 @@ class PruningCallback(L.Callback):
 
     def __init__(
         self,
-        pruner: Pruner,
+        pruner: Pruner | None,
         schedule: PruningSchedule | Mapping | None = None,
         stats_source: str = "calibration",
         evaluator: Callable[[torch.nn.Module], dict[int, float]] | None = None,
@@ -61,8 +62,8 @@ class PruningCallback(L.Callback):
         self.last_event = None  # the latest PruneEvent, kept indices included (for inspection)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.planned:
-            return  # planned on the unpruned model, or restored from a checkpoint
+        if self.planned or self.pruner is None:
+            return  # planned on the unpruned model, restored from a checkpoint, or nothing to prune
         config = unwrap(pl_module.model).config
         plan = self.pruner.plan(config)
         round_to = self.pruner.target.round_to if self.pruner.target else 1
@@ -72,6 +73,17 @@ class PruningCallback(L.Callback):
         last = self.planned[-1].step
         if trainer.max_steps is not None and 0 <= trainer.max_steps <= last:
             raise ValueError(f"the last pruning event is at step {last} but trainer.max_steps is {trainer.max_steps}")
+        if is_fsdp(trainer.strategy):
+            if last > 0:
+                raise ValueError(FSDP_PRUNING_HELP)
+            self._prune_before_sharding(trainer, pl_module)
+
+    def _prune_before_sharding(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Under FSDP: carry out the step-0 event now, on the full model on this rank's device."""
+        pl_module.model.to(trainer.strategy.root_device)
+        self.on_fit_start(trainer, pl_module)
+        for event in self._pending():
+            self._prune(trainer, pl_module, event, log_metrics=False)  # self.log is not allowed in setup
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.base is None:
@@ -96,7 +108,9 @@ class PruningCallback(L.Callback):
     def _pending(self) -> list[ScheduledEvent]:
         return self.planned[len(self.events) :]
 
-    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: ScheduledEvent) -> None:
+    def _prune(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, event: ScheduledEvent, log_metrics: bool = True
+    ) -> None:
         model = pl_module.model
         removed_so_far = sum(len(done["removed_blocks"]) for done in self.events)
         stats = self._recorder.stats if self._recorder is not None else None
@@ -112,7 +126,7 @@ class PruningCallback(L.Callback):
             num_blocks=event.blocks - removed_so_far,
             stats=stats,
             optimizers=trainer.optimizers,
-            reduce=_all_reduce_mean if trainer.world_size > 1 else None,
+            reduce=all_reduce_mean if trainer.world_size > 1 else None,
         )
         _rewrap_ddp(trainer, pl_module)
         record = {
@@ -124,10 +138,12 @@ class PruningCallback(L.Callback):
         if self.evaluator is not None:
             ppl = self.evaluator(model)
             record.update(ppl_after=next(iter(ppl.values())), ppl_after_by_seq_len={str(k): v for k, v in ppl.items()})
-            pl_module.log("prune/ppl_after", record["ppl_after"])
+            if log_metrics:
+                pl_module.log("prune/ppl_after", record["ppl_after"])
         self.events.append(record)
         self.last_event = result
-        pl_module.log("prune/params", result.params / 1e6)
+        if log_metrics:
+            pl_module.log("prune/params", result.params / 1e6)
         _set_summary(trainer, "model/params_exact", result.params)
         log.info("Pruning event at step %d: %s", trainer.global_step, record)
         if self.stats_source == "training" and self._pending():
@@ -148,12 +164,6 @@ class PruningCallback(L.Callback):
         self.planned = [ScheduledEvent(**e) for e in state_dict["planned"]]
         self.events = list(state_dict["events"])
         self.base = state_dict["base"]
-
-
-def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    reduced = tensor.clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / dist.get_world_size()
 
 
 def _rewrap_ddp(trainer: L.Trainer, pl_module: L.LightningModule) -> None:

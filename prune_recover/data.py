@@ -269,6 +269,10 @@ class CausalLMDataModule(L.LightningDataModule):
         held_out = max(self.block_size, int(train.numel() * self.val_fraction) // self.block_size * self.block_size)
         return train[:-held_out], train[-held_out:]
 
+    def val_ids(self) -> torch.Tensor:
+        """Token ids the validation blocks are cut from."""
+        return self._train_val_ids()[1]
+
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
             return DataLoader(self._stream(self.train_split), batch_size=self.batch_size, num_workers=self.num_workers)

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_recover.callbacks import PruningCallback
 from prune_recover.data import CausalLMDataModule
-from prune_recover.evaluate import Evaluator
+from prune_recover.evaluate import Evaluator, PerplexityProtocol, perplexity
 from prune_recover.logging_utils import get_logger
 from prune_recover.models import save_pretrained_atomic
 from prune_recover.module import RecoveryModule
@@ -41,12 +41,12 @@ def prune_and_recover(
     if trainer.interrupted:
         log.warning("Training was interrupted; no export. Resume with ckpt_path=last.")
         return None
-    validation = trainer.validate(module, datamodule=data, verbose=False)[0]
     if not trainer.is_global_zero:
         return None
     model = module.merged_model()
     final = model_summary(model, evaluator(model))
-    final["val_ppl"] = validation.get("val/ppl")
+    # Measured directly: trainer.validate() would reload a SLURM hpc checkpoint instead of these weights.
+    final["val_ppl"] = perplexity(model, data.val_ids(), PerplexityProtocol(data.block_size, data.max_val_blocks)).ppl
     report = {
         **(run_info or {}),
         "protocol": {**evaluator.describe(), "eval_data": data.describe_split(data.test_split)},
@@ -59,6 +59,8 @@ def prune_and_recover(
             "steps": trainer.global_step,
             "tokens_seen": module.tokens_seen,
             "distill": module.distill.alpha > 0,
+            "world_size": trainer.world_size,
+            "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
         },
         "wall_seconds": time.perf_counter() - start,
     }

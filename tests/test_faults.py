@@ -1,0 +1,145 @@
+"""Faults: SIGUSR1 (SLURM pre-emption) and SIGKILL mid-training, a NaN loss, and unsupported FSDP pruning."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from prune_recover.callbacks import PruningCallback
+from prune_recover.distributed import DecoderBlockFSDP
+from prune_recover.guards import FiniteLossGuard, NonFiniteLossError
+from prune_recover.models import tiny_random
+from prune_recover.module import RecoveryModule
+from prune_recover.pruning.pruner import Pruner
+from tests.conftest import tiny_data, tiny_trainer
+from tests.test_distributed import fake_slurm_env
+from tests.test_train_cli import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def slow_run_overrides(wikitext_dir, out) -> list[str]:
+    """A tiny run long enough to be interrupted: checkpoints every 5 steps, pruning at step 0."""
+    return tiny_overrides(wikitext_dir, out) + [
+        "logger=csv",
+        "trainer.max_steps=300",
+        "trainer.val_check_interval=1000",
+        "data.block_size=256",
+        "data.batch_size=8",
+        "callbacks.checkpoint.every_n_train_steps=5",
+    ]
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"run ended ({process.returncode}) before {path} appeared:\n{process.stderr.read()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.2)
+
+
+def train_process(overrides, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "train.py", *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-4000:]
+    return stderr
+
+
+def test_sigusr1_writes_a_checkpoint_requeues_and_the_requeued_job_resumes_pruned(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    env = fake_slurm_env(tmp_path, "5151", tasks=1)
+    first = train_process(slow_run_overrides(wikitext_dir, out), env)
+    wait_for(out / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGUSR1)
+    wait_for(out / "hpc_ckpt_1.ckpt", first)
+    time.sleep(1)
+    first.kill()  # SLURM ends the job after requeueing it
+    first.communicate()
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "5151"]
+    saved = torch.load(out / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert saved["hf_config"]["intermediate_size"] == 77 and saved["global_step"] > 0
+
+    second = train_process(slow_run_overrides(wikitext_dir, out), env)  # the requeued job: same command
+    stderr = finish(second)
+    assert "hpc_ckpt_1.ckpt" in stderr and "Restoring states from the checkpoint" in stderr
+    assert "Pruning event" not in stderr  # the schedule continued; nothing was pruned twice
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert [e["step"] for e in report["events"]] == [0]
+    assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == 300
+
+
+def test_sigkill_resumes_from_the_last_checkpoint_with_pruned_shapes(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    first = train_process(slow_run_overrides(wikitext_dir, out))
+    wait_for(out / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    step = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+
+    second = train_process(slow_run_overrides(wikitext_dir, out) + ["ckpt_path=last"])
+    stderr = finish(second)
+    assert "Restoring states from the checkpoint" in stderr and "Pruning event" not in stderr
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == 300
+    assert report["recovery"]["tokens_seen"] == 300 * 8 * 256 and step > 0
+
+
+class Diverge(L.Callback):
+    """Stands in for a diverging run: poisons one weight at `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.hf_model.model.norm.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(wikitext_dir, tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+    module = RecoveryModule(tiny_random("llama")[0])
+    trainer = tiny_trainer(
+        tmp_path, callbacks=[FiniteLossGuard(), Diverge(3), checkpoint], max_steps=10, enable_checkpointing=True
+    )
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 3.*Last good checkpoint: .*last.ckpt"):
+        trainer.fit(module, datamodule=tiny_data(wikitext_dir))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+
+
+def test_fsdp_refuses_pruning_after_step_zero_and_names_the_alternatives():
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=20, logger=False, enable_progress_bar=False)
+    trainer.strategy._accelerator = None
+    fsdp = DecoderBlockFSDP()
+    trainer._accelerator_connector.strategy = fsdp  # FSDP needs a GPU to run; the refusal happens before that
+    pruning = PruningCallback(Pruner(ratio=0.5), {"kind": "cubic", "end_step": 9, "num_events": 3})
+    module = RecoveryModule(tiny_random("llama")[0])
+    with pytest.raises(ValueError, match="not supported under FSDP.*trainer=ddp.*recovery=none"):
+        pruning.setup(trainer, module, "fit")
+    fsdp._lightning_module = module
+    assert fsdp.block_class().__name__ == "LlamaDecoderLayer"
