@@ -9,12 +9,12 @@ from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from prune_recover.config_utils import build, register_resolvers
-from prune_recover.evaluate import Evaluator
+from prune_recover.evaluate import build_evaluator
 from prune_recover.models import load_config, load_model
 from prune_recover.prune_only import prune_only
 from prune_recover.recovery import prune_and_recover
 
-RECOVERY_METHODS = ("none", "full", "lora")
+RECOVERY_METHODS = ("none", "full", "lora", "cpt_then_lora")
 register_resolvers()
 
 
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict | None:
             raise ValueError("recovery=none with pruning=none does nothing; enable pruning or recovery")
         model, tokenizer = load_model(**cfg.model)
         data.set_tokenizer(tokenizer)
-        evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)
+        evaluator = build_evaluator(data, tokenizer, **cfg.eval)
         return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info)
 
     callbacks = {name: node for name, node in cfg.callbacks.items() if name != "pruning"}
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict | None:
     trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
     model, tokenizer = load_model(**cfg.model)
     data.set_tokenizer(tokenizer)
-    pruning.evaluator = Evaluator(data.token_ids(data.test_split), **cfg.eval)
+    pruning.evaluator = build_evaluator(data, tokenizer, **cfg.eval)
     module = build(cfg.recovery.module, model=model)
     for logger in loggers:
         logger.log_hyperparams(run_info["config"])

@@ -9,16 +9,15 @@ rebuilds the pruned shapes from the checkpoint's config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.strategies import DDPStrategy
 
 from prune_recover.arch import unwrap
-from prune_recover.distributed import FSDP_PRUNING_HELP, all_reduce_mean, is_fsdp
+from prune_recover.distributed import FSDP_PRUNING_HELP, all_reduce_mean, is_fsdp, rewrap_ddp
+from prune_recover.evaluate import Evaluator
 from prune_recover.logging_utils import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder
 from prune_recover.pruning.pruner import Pruner
@@ -39,7 +38,7 @@ class PruningCallback(L.Callback):
         stats_source: `calibration` scores on the data module's calibration batches at each event;
             `training` scores on activation statistics accumulated from the training batches since
             the previous event (no extra forward pass; under DDP they are averaged across ranks).
-        evaluator: `model -> {seq_len: ppl}` run before pruning and after each event (None skips it).
+        evaluator: Perplexity (and tasks) before pruning; perplexity after each event. None skips both.
     """
 
     def __init__(
@@ -47,7 +46,7 @@ class PruningCallback(L.Callback):
         pruner: Pruner | None,
         schedule: PruningSchedule | Mapping | None = None,
         stats_source: str = "calibration",
-        evaluator: Callable[[torch.nn.Module], dict[int, float]] | None = None,
+        evaluator: Evaluator | None = None,
     ):
         if stats_source not in STATS_SOURCES:
             raise ValueError(f"pruning stats_source must be one of {STATS_SOURCES}, got '{stats_source}'")
@@ -87,7 +86,8 @@ class PruningCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.base is None:
-            self.base = model_summary(pl_module.model, self.evaluator(pl_module.model) if self.evaluator else None)
+            model = pl_module.model
+            self.base = self.evaluator.summary(model) if self.evaluator is not None else model_summary(model)
             log.info("Before pruning: %s", self.base)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -128,7 +128,7 @@ class PruningCallback(L.Callback):
             optimizers=trainer.optimizers,
             reduce=all_reduce_mean if trainer.world_size > 1 else None,
         )
-        _rewrap_ddp(trainer, pl_module)
+        rewrap_ddp(trainer, pl_module)
         record = {
             "step": trainer.global_step,
             **result.to_dict(),
@@ -164,14 +164,6 @@ class PruningCallback(L.Callback):
         self.planned = [ScheduledEvent(**e) for e in state_dict["planned"]]
         self.events = list(state_dict["events"])
         self.base = state_dict["base"]
-
-
-def _rewrap_ddp(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-    """DDP's buckets hold the old shapes: wrap the pruned module afresh (this also syncs rank 0's weights)."""
-    strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and not isinstance(strategy.model, L.LightningModule):
-        strategy.model = pl_module
-        strategy.configure_ddp()
 
 
 def _metric(trainer: L.Trainer, name: str) -> float | None:

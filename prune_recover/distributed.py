@@ -13,9 +13,10 @@ same shapes) and then loads the sharded checkpoint into it.
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 
 from prune_recover.arch import decoder_blocks
@@ -64,3 +65,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     reduced = tensor.clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced / dist.get_world_size()
+
+
+def rewrap_ddp(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Wrap the module in a fresh DDP after its parameters changed (shapes or set).
+
+    DDP's gradient buckets are built for the parameters it was created with; a new wrapper also
+    broadcasts rank 0's weights, so every rank continues from the same model.
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and not isinstance(strategy.model, L.LightningModule):
+        strategy.model = pl_module
+        strategy.configure_ddp()

@@ -12,6 +12,7 @@ perplexities). `seq_len=128` is the Shortened-LLaMA / LLM-Pruner setting; 1024 i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,10 +104,12 @@ class Evaluator:
         seq_lens: list[int] | tuple[int, ...] = (1024,),
         max_windows: int | None = None,
         batch_size: int = 1,
+        tasks: Callable[[nn.Module], dict] | None = None,
     ):
         if not seq_lens:
             raise ValueError("eval.seq_lens must name at least one window length")
         self.ids = ids
+        self.tasks = tasks
         self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size) for n in seq_lens]
         for protocol in self.protocols:
             if ids.numel() < protocol.seq_len:
@@ -116,5 +119,40 @@ class Evaluator:
         """`{seq_len: perplexity}` for every configured length."""
         return {p.seq_len: perplexity(model, self.ids, p).ppl for p in self.protocols}
 
+    def summary(self, model: nn.Module) -> dict:
+        """Size, perplexity at every length, and the task scores when tasks are configured."""
+        from prune_recover.report import model_summary
+
+        return model_summary(model, self(model), self.tasks(model) if self.tasks else None)
+
     def describe(self) -> dict:
         return {"protocols": [p.describe() for p in self.protocols], "description": __doc__.strip()}
+
+
+def build_evaluator(
+    data,
+    tokenizer,
+    seq_lens: list[int] | tuple[int, ...] = (1024,),
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    tasks: list[str] | tuple[str, ...] = (),
+    task_limit: int | None = None,
+    task_batch_size: int = 8,
+) -> Evaluator:
+    """The evaluator of the `eval` config node, on the data module's test split.
+
+    `tasks` are lm-eval task names, run on the model before pruning and at the end; the local
+    WikiText-2 tasks (`prune_recover.lm_eval_bridge.LOCAL_TASKS`) are built from the test file.
+    """
+    task_evaluator = None
+    if tasks:
+        from prune_recover.lm_eval_bridge import LOCAL_TASKS, TaskEvaluator, build_local_tasks
+
+        include_path = None
+        if set(tasks) & set(LOCAL_TASKS):
+            test = data.source(data.test_split)
+            if test["kind"] != "files":
+                raise ValueError(f"the local tasks {LOCAL_TASKS} are built from a local WikiText-2 test file")
+            include_path = build_local_tasks(test["files"][data.test_split][0])
+        task_evaluator = TaskEvaluator(tokenizer, list(tasks), include_path, task_limit, task_batch_size)
+    return Evaluator(data.token_ids(data.test_split), seq_lens, max_windows, batch_size, task_evaluator)

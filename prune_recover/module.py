@@ -23,9 +23,10 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from prune_recover.arch import unwrap
+from prune_recover.distributed import rewrap_ddp
 from prune_recover.pruning.targets import count_parameters
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "cpt_then_lora")
 # Config fields that define the shapes a checkpoint's weights need.
 ARCHITECTURE_KEYS = ("intermediate_size", "num_hidden_layers", "layer_types", "hidden_size", "vocab_size")
 
@@ -101,13 +102,16 @@ class RecoveryModule(L.LightningModule):
 
     Args:
         model: The Hugging Face causal LM to train (pruned later by a callback, or not).
-        method: `full` (every weight trains) or `lora` (peft adapters; base frozen; merged at export).
+        method: `full` (every weight trains), `lora` (peft adapters; base frozen; merged at export), or
+            `cpt_then_lora` (full continued pretraining until `lora_from_step`, then LoRA, as in Shortened LLaMA).
         lora: `LoraSettings` fields.
         distill: `DistillSettings` fields; alpha > 0 keeps a frozen copy of `model` as teacher.
         optimizer: Factory `params -> Optimizer` (a Hydra `_partial_` node).
         scheduler: Factory `(optimizer, total_steps) -> LR scheduler` stepped every optimizer step, or None.
         weight_decay_norms_and_biases: Apply weight decay to 1-D parameters too (usually not).
         gradient_checkpointing: Recompute activations in backward to save memory.
+        lora_from_step: For `cpt_then_lora`: the optimizer step at which LoRA replaces full training.
+        lora_optimizer: Optimizer factory for the LoRA stage of `cpt_then_lora` (None reuses `optimizer`).
     """
 
     def __init__(
@@ -120,11 +124,18 @@ class RecoveryModule(L.LightningModule):
         scheduler: Callable[..., object] | None = None,
         weight_decay_norms_and_biases: bool = False,
         gradient_checkpointing: bool = False,
+        lora_from_step: int | None = None,
+        lora_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"recovery method must be one of {METHODS}, got '{method}'")
+        if method == "cpt_then_lora" and (lora_from_step is None or lora_from_step < 1):
+            raise ValueError(f"cpt_then_lora needs recovery.module.lora_from_step >= 1, got {lora_from_step}")
         self.method = method
+        self.lora_from_step = lora_from_step
+        self.lora_optimizer_factory = lora_optimizer
+        self.lora_active = method == "lora"
         self.lora = lora if isinstance(lora, LoraSettings) else LoraSettings(**(lora or {}))
         self.distill = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-4)
@@ -137,18 +148,33 @@ class RecoveryModule(L.LightningModule):
         self.tokens_seen = 0
         self._throughput = _Throughput()
         self._val_sums = [0.0, 0]  # summed NLL, predicted tokens (this rank)
+        self.val_history: list[dict] = []  # {step, tokens_seen, val_loss, val_ppl} after every validation
         self.save_hyperparameters({"method": method, "lora": asdict(self.lora), "distill": asdict(self.distill)})
 
     def _prepare(self, model: PreTrainedModel) -> nn.Module:
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.method == "lora":
-            from peft import get_peft_model
+        return self._with_lora(model) if self.lora_active else model
 
-            if self.gradient_checkpointing:
-                model.enable_input_require_grads()
-            return get_peft_model(model, self.lora.peft_config())
-        return model
+    def _with_lora(self, model: PreTrainedModel) -> nn.Module:
+        from peft import get_peft_model
+
+        if self.gradient_checkpointing:
+            model.enable_input_require_grads()
+        return get_peft_model(model, self.lora.peft_config())
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.method == "cpt_then_lora" and not self.lora_active and self.trainer.global_step >= self.lora_from_step:
+            self._switch_to_lora()
+        if self._throughput.last is None:
+            self._throughput.last = time.perf_counter()
+
+    def _switch_to_lora(self) -> None:
+        """Freeze the continued-pretrained weights, add adapters, and start the LoRA stage's optimizer."""
+        self.lora_active = True
+        self.model = self._with_lora(self.hf_model).train()
+        self.trainer.strategy.setup_optimizers(self.trainer)
+        rewrap_ddp(self.trainer, self)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -191,10 +217,6 @@ class RecoveryModule(L.LightningModule):
         kl = F.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True, reduction="batchmean")
         return kl * temperature**2
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self._throughput.last is None:
-            self._throughput.last = time.perf_counter()
-
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
         tokens = batch[0].numel() * self.trainer.world_size
@@ -215,6 +237,15 @@ class RecoveryModule(L.LightningModule):
             mean_nll = sums[0] / sums[1]
             self.log("val/loss", mean_nll.float())
             self.log("val/ppl", torch.exp(mean_nll).float(), prog_bar=True)
+            if not self.trainer.sanity_checking:
+                self.val_history.append(
+                    {
+                        "step": self.global_step,
+                        "tokens_seen": self.tokens_seen,
+                        "val_loss": float(mean_nll),
+                        "val_ppl": float(torch.exp(mean_nll)),
+                    }
+                )
         self._val_sums = [0.0, 0]
         self._throughput.last = None  # validation time is not training throughput
 
@@ -223,22 +254,34 @@ class RecoveryModule(L.LightningModule):
         for param in self.model.parameters():
             if param.requires_grad:
                 (decay if param.ndim >= 2 or self.weight_decay_norms_and_biases else no_decay).append(param)
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        lora_stage = self.method == "cpt_then_lora" and self.lora_active
+        factory = (self.lora_optimizer_factory or self.optimizer_factory) if lora_stage else self.optimizer_factory
+        optimizer = factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        # each stage of cpt_then_lora gets its own warmup and decay over its own steps
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.method == "cpt_then_lora":
+            total = total - self.lora_from_step if lora_stage else self.lora_from_step
+        scheduler = self.scheduler_factory(optimizer, total_steps=max(1, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hf_config"] = self.hf_model.config.to_dict()
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["lora_active"] = self.lora_active
+        checkpoint["val_history"] = self.val_history
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.val_history = list(checkpoint.get("val_history", []))
         saved = checkpoint.get("hf_config")
         current = self.hf_model.config.to_dict()
         if saved and any(saved.get(key) != current.get(key) for key in ARCHITECTURE_KEYS):
             self._rebuild(saved)
+        if checkpoint.get("lora_active") and not self.lora_active:  # saved during the LoRA stage
+            self.lora_active = True
+            self.model = self._with_lora(self.hf_model).train()
 
     def _rebuild(self, config_dict: dict) -> None:
         """Replace the model by one built from `config_dict` (weights follow from the checkpoint)."""
@@ -251,6 +294,6 @@ class RecoveryModule(L.LightningModule):
 
     def merged_model(self) -> PreTrainedModel:
         """The plain Hugging Face model to export: LoRA adapters merged into the weights (in place)."""
-        if self.method == "lora":
+        if self.lora_active:
             self.model = self.model.merge_and_unload()
         return self.hf_model

@@ -13,7 +13,7 @@ from prune_recover.evaluate import Evaluator
 from prune_recover.logging_utils import get_logger
 from prune_recover.models import save_pretrained_atomic
 from prune_recover.pruning.pruner import Pruner
-from prune_recover.report import model_summary, write_json_atomic
+from prune_recover.report import write_json_atomic
 
 log = get_logger(__name__)
 
@@ -34,11 +34,11 @@ def prune_only(
     """
     output_dir = Path(output_dir)
     start = time.perf_counter()
-    base = model_summary(model, evaluator(model))
+    base = evaluator.summary(model)
     log.info("Base model: %s", base)
     batches = data.calibration_batches() if pruner.needs_calibration else []
     event = pruner.prune(model, batches).to_dict()
-    final = model_summary(model, evaluator(model))
+    final = evaluator.summary(model)
     event.update(step=0, ppl_after=final["ppl"], ppl_after_by_seq_len=final["ppl_by_seq_len"])
     log.info("Pruned model: %s", final)
     report = {

@@ -14,7 +14,7 @@ from prune_recover.evaluate import Evaluator, PerplexityProtocol, perplexity
 from prune_recover.logging_utils import get_logger
 from prune_recover.models import save_pretrained_atomic
 from prune_recover.module import RecoveryModule
-from prune_recover.report import model_summary, write_json_atomic
+from prune_recover.report import write_json_atomic
 
 log = get_logger(__name__)
 
@@ -44,7 +44,7 @@ def prune_and_recover(
     if not trainer.is_global_zero:
         return None
     model = module.merged_model()
-    final = model_summary(model, evaluator(model))
+    final = evaluator.summary(model)
     # Measured directly: trainer.validate() would reload a SLURM hpc checkpoint instead of these weights.
     final["val_ppl"] = perplexity(model, data.val_ids(), PerplexityProtocol(data.block_size, data.max_val_blocks)).ppl
     report = {
@@ -54,6 +54,7 @@ def prune_and_recover(
         "base": pruning.base,
         "events": pruning.events,
         "final": final,
+        "history": module.val_history,
         "recovery": {
             "method": module.method,
             "steps": trainer.global_step,

@@ -12,8 +12,8 @@ from prune_recover.arch import decoder_blocks, unwrap
 from prune_recover.pruning.targets import count_parameters
 
 
-def model_summary(model: nn.Module, ppl: dict[int, float] | None = None) -> dict:
-    """`{params, intermediate_size, num_layers, ppl, ppl_by_seq_len}`; `ppl` is the first length's figure."""
+def model_summary(model: nn.Module, ppl: dict[int, float] | None = None, tasks: dict | None = None) -> dict:
+    """`{params, intermediate_size, num_layers, ppl, ppl_by_seq_len[, tasks]}`; `ppl` is the first length's figure."""
     summary = {
         "params": count_parameters(model),
         "intermediate_size": unwrap(model).config.intermediate_size,
@@ -22,6 +22,8 @@ def model_summary(model: nn.Module, ppl: dict[int, float] | None = None) -> dict
     if ppl:
         summary["ppl"] = next(iter(ppl.values()))
         summary["ppl_by_seq_len"] = {str(seq_len): value for seq_len, value in ppl.items()}
+    if tasks:
+        summary["tasks"] = tasks
     return summary
 
 

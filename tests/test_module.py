@@ -125,3 +125,43 @@ def test_checkpoint_of_a_pruned_model_rebuilds_the_shapes_on_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(fresh(tokens).logits, module(tokens).logits)
     assert DistillSettings().alpha == 0
+
+
+class StageProbe(__import__("lightning").Callback):
+    def __init__(self):
+        self.trainable = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        optimized = sum(p.numel() for group in trainer.optimizers[0].param_groups for p in group["params"])
+        self.trainable[trainer.global_step] = (pl_module.lora_active, optimized)
+
+
+def test_cpt_then_lora_switches_stage_and_resumes_into_the_lora_stage(wikitext_dir, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = tiny_data(wikitext_dir)
+    module = RecoveryModule(tiny_random("llama")[0], method="cpt_then_lora", lora_from_step=3, optimizer=adam())
+    probe = StageProbe()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+    trainer = tiny_trainer(tmp_path, callbacks=[probe, checkpoint], max_steps=5, enable_checkpointing=True)
+    trainer.fit(module, datamodule=data)
+    full_size = sum(p.numel() for p in tiny_random("llama")[0].parameters())
+    assert probe.trainable[1] == (False, full_size)
+    lora_stage = probe.trainable[5]
+    assert lora_stage[0] and 0 < lora_stage[1] < full_size // 5
+    assert len(module.val_history) >= 1 and module.val_history[0]["val_ppl"] > 1
+
+    resumed = RecoveryModule(tiny_random("llama")[0], method="cpt_then_lora", lora_from_step=3, optimizer=adam())
+    again = StageProbe()
+    tiny_trainer(tmp_path, callbacks=[again], max_steps=7).fit(
+        resumed, datamodule=data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    assert resumed.lora_active and again.trainable[7] == lora_stage
+    assert resumed.val_history[: len(module.val_history)] == module.val_history
+    merged = resumed.merged_model()
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+
+
+def test_cpt_then_lora_needs_a_switch_step():
+    with pytest.raises(ValueError, match="lora_from_step >= 1"):
+        RecoveryModule(tiny_random("llama")[0], method="cpt_then_lora")
