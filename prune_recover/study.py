@@ -127,42 +127,45 @@ def plots(reports: list[dict], table: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    by_params = []
     for method in sorted({r["method"] for r in table}):
         points = sorted((r["params"] / 1e6, r["ppl@128"]) for r in table if r["method"] == method and r["ppl@128"])
         if points:
-            axis.plot(*zip(*points, strict=True), marker="o", label=method)
-    axis.set(
-        xlabel="parameters (M)",
-        ylabel="WikiText-2 test ppl @128",
-        yscale="log",
-        title="Perplexity vs parameters after recovery",
-    )
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    first = out / "ppl_vs_params.png"
-    figure.tight_layout()
-    figure.savefig(first, dpi=120)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for report in reports:
-        history = report.get("history") or []
-        if history:
-            axis.plot(
-                [h["step"] for h in history],
-                [h["val_ppl"] for h in history],
-                marker=".",
-                label=f"{report['name']} ({method_of(report)})",
-            )
-    axis.set(xlabel="recovery step", ylabel="validation ppl", yscale="log", title="Validation perplexity over recovery")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    second = out / "ppl_over_steps.png"
-    figure.tight_layout()
-    figure.savefig(second, dpi=120)
-    plt.close(figure)
-    return [first, second]
+            by_params.append((method, *zip(*points, strict=True)))
+    by_step = [
+        (
+            f"{report['name']} ({method_of(report)})",
+            [h["step"] for h in report["history"]],
+            [h["val_ppl"] for h in report["history"]],
+        )
+        for report in reports
+        if report.get("history")
+    ]
+    figures = [
+        (
+            "ppl_vs_params",
+            by_params,
+            "o",
+            "parameters (M)",
+            "WikiText-2 test ppl @128",
+            "Perplexity vs parameters after recovery",
+        ),
+        ("ppl_over_steps", by_step, ".", "recovery step", "validation ppl", "Validation perplexity over recovery"),
+    ]
+    paths = []
+    for name, curves, marker, xlabel, ylabel, title in figures:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for label, xs, ys in curves:
+            axis.plot(xs, ys, marker=marker, label=label)
+        axis.set(xlabel=xlabel, ylabel=ylabel, yscale="log", title=title)
+        axis.grid(alpha=0.3)
+        if curves:
+            axis.legend(fontsize=7)
+        figure.tight_layout()
+        paths.append(out / f"{name}.png")
+        figure.savefig(paths[-1], dpi=120)
+        plt.close(figure)
+    return paths
 
 
 def write_report(paths: list[Path], out: Path, wandb_project: str | None = None) -> Path:
