@@ -1,0 +1,74 @@
+"""Pruning cost on SmolLM2-135M: weight-only scorers against one forward pass over the calibration set.
+
+Command:
+    python bench/prune_cost.py
+Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4. Each figure is one timed run
+on a fresh copy of the model (wall seconds, this machine, nothing else running).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.markdown import machine, write_section  # noqa: E402
+from prune_recover.data import CausalLMDataModule  # noqa: E402
+from prune_recover.models import load_model  # noqa: E402
+from prune_recover.pruning.pruner import Pruner  # noqa: E402
+
+COMMAND = "python bench/prune_cost.py"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    base, tokenizer = load_model("smollm2-135m")
+    data = CausalLMDataModule(tokenizer, wikitext_dir="../shared/data/wikitext-2-raw", calibration={"split": "valid"})
+    batches = data.calibration_batches()
+
+    @torch.no_grad()
+    def forward_pass():
+        for batch in batches:
+            base(input_ids=batch, use_cache=False)
+
+    rows = [("one forward pass over the calibration set (reference)", timed(forward_pass))]
+    cases = [
+        ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False)),
+        ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False)),
+        ("activation, 40%, no refit", dict(importance="activation", refit=False)),
+        ("activation + refit, 40% (default)", dict(importance="activation")),
+        ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise")),
+        ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False)),
+    ]
+    for label, settings in cases:
+        model = copy.deepcopy(base)
+        pruner = Pruner(ratio=0.4, **settings)
+        rows.append((label, timed(lambda model=model, pruner=pruner: pruner.prune(model, batches))))
+        print(rows[-1], flush=True)
+    body = "\n".join(
+        [
+            "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
+            "",
+            f"Command: `{COMMAND}`. Measured on {machine()}. Calibration: 64 x 512 tokens, batches of 4.",
+            "",
+            "| what | seconds |",
+            "| --- | --- |",
+            *(f"| {label} | {seconds:.2f} |" for label, seconds in rows),
+        ]
+    )
+    write_section("prune_cost", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
