@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from prune_recover.data import CausalLMDataModule, PackedStream
+from prune_recover.data import CausalLMDataModule
 from prune_recover.models import byte_tokenizer
+from prune_recover.streaming import PackedStream
 from prune_recover.text import tokenize_file
 
 
@@ -105,7 +106,7 @@ def test_packed_stream_shards_are_disjoint_and_complete(tmp_path, monkeypatch):
     everything = [b[0] for b in PackedStream(rows, tokenizer, "text", 8, "eos", shard=False)]
     shards = []
     for rank in range(2):
-        monkeypatch.setattr("prune_recover.data._shard", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr("prune_recover.streaming._shard", lambda rank=rank: (rank, 2))
         shards.append([b[0] for b in PackedStream(rows, tokenizer, "text", 8, "eos")])
     assert len(shards[0]) + len(shards[1]) == len(everything)
     assert all(torch.equal(a, b) for a, b in zip(shards[0], everything[0::2], strict=True))

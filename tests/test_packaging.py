@@ -1,8 +1,9 @@
 """The README's set-up commands and CI agree, and the package declares what it imports."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
