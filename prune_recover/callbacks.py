@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 
 from prune_recover.arch import unwrap
 from prune_recover.distributed import FSDP_PRUNING_HELP, all_reduce_mean, is_fsdp, rewrap_ddp
 from prune_recover.evaluate import Evaluator
-from prune_recover.logging_utils import get_logger
+from prune_recover.logging_utils import get_logger, set_wandb_summary
 from prune_recover.pruning.calibration import ActivationRecorder
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.pruning.schedule import PruningSchedule, ScheduledEvent
@@ -144,7 +143,7 @@ class PruningCallback(L.Callback):
         self.last_event = result
         if log_metrics:
             pl_module.log("prune/params", result.params / 1e6)
-        _set_summary(trainer, "model/params_exact", result.params)
+        set_wandb_summary(trainer, "model/params_exact", result.params)
         log.info("Pruning event at step %d: %s", trainer.global_step, record)
         if self.stats_source == "training" and self._pending():
             self._start_recording(pl_module)
@@ -169,9 +168,3 @@ class PruningCallback(L.Callback):
 def _metric(trainer: L.Trainer, name: str) -> float | None:
     value = trainer.callback_metrics.get(name)
     return None if value is None else float(value)
-
-
-def _set_summary(trainer: L.Trainer, key: str, value: Any) -> None:
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.summary[key] = value

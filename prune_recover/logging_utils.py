@@ -18,3 +18,12 @@ def get_logger(name: str) -> logging.Logger:
     if not any(isinstance(f, _RankZeroFilter) for f in logger.filters):
         logger.addFilter(_RankZeroFilter())
     return logger
+
+
+def set_wandb_summary(trainer, key: str, value) -> None:
+    """Put `key: value` in the run summary of every W&B logger of `trainer` (rank zero only)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.summary[key] = value

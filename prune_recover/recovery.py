@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from prune_recover.callbacks import PruningCallback
 from prune_recover.data import CausalLMDataModule
 from prune_recover.evaluate import Evaluator, PerplexityProtocol, perplexity
-from prune_recover.logging_utils import get_logger
+from prune_recover.logging_utils import get_logger, set_wandb_summary
 from prune_recover.models import save_pretrained_atomic
 from prune_recover.module import RecoveryModule
 from prune_recover.report import write_json_atomic
@@ -67,6 +67,7 @@ def prune_and_recover(
     }
     for logger in trainer.loggers:
         logger.log_metrics({"test/ppl": final["ppl"], "final/params": final["params"] / 1e6}, step=trainer.global_step)
+    set_wandb_summary(trainer, "model/params_exact", final["params"])
     save_pretrained_atomic(model, tokenizer, output_dir / "final")
     write_json_atomic(output_dir / "pruning_report.json", report)
     log.info("Final: %s", final)
