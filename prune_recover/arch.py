@@ -81,6 +81,11 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return base.model.layers
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied after the last block (``model.model.norm`` for every supported family)."""
+    return unwrap(model).model.norm
+
+
 def set_decoder_blocks(model: nn.Module, blocks: nn.ModuleList) -> None:
     """Replace the decoder's list of blocks (used by depth pruning)."""
     unwrap(model).model.layers = blocks

@@ -22,6 +22,29 @@ class _StopForward(Exception):
     pass
 
 
+def forward_until(model: nn.Module, input_ids: torch.Tensor, module: nn.Module) -> tuple[tuple, dict]:
+    """Run `model` on `input_ids` up to the call of `module` and return that call's (args, kwargs).
+
+    The rest of the forward pass (e.g. the LM head over a large vocabulary) is skipped.
+    """
+    captured = {}
+
+    def stop(called, args, kwargs):
+        captured.update(args=args, kwargs=kwargs)
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"the forward pass never reached {type(module).__name__}")
+    return captured["args"], captured["kwargs"]
+
+
 class LayerwiseRunner:
     """Cached block inputs for a list of calibration batches, advanced one block at a time.
 
@@ -45,20 +68,8 @@ class LayerwiseRunner:
                     self._block_kwargs[tuple(batch.shape)] = self._kwargs_of_every_block(batch)
 
     def _block0_input(self, batch: torch.Tensor) -> torch.Tensor:
-        captured = {}
-
-        def stop(module, args, kwargs):
-            captured["hidden"] = args[0] if args else kwargs["hidden_states"]
-            raise _StopForward
-
-        handle = decoder_blocks(self.model)[0].register_forward_pre_hook(stop, with_kwargs=True)
-        try:
-            self.model(input_ids=batch, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        return captured["hidden"]
+        args, kwargs = forward_until(self.model, batch, decoder_blocks(self.model)[0])
+        return args[0] if args else kwargs["hidden_states"]
 
     def _kwargs_of_every_block(self, batch: torch.Tensor) -> list[dict]:
         blocks = decoder_blocks(self.model)
