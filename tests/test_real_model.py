@@ -29,3 +29,14 @@ def test_maw_40_percent_keeps_the_formula_neurons_and_the_published_count():
     tokens = torch.tensor([[504, 2365, 314, 260, 1345]])
     with torch.no_grad():
         assert model(tokens).logits.isfinite().all()
+
+
+def test_smollm2_beats_chance_on_the_local_cloze_task(wikitext_dir, monkeypatch):
+    pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
+    from prune_recover.lm_eval_bridge import TaskEvaluator, build_local_tasks
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    model, tokenizer = load_model("smollm2-135m")
+    folder = build_local_tasks(wikitext_dir / "wiki.test.raw")
+    scores = TaskEvaluator(tokenizer, ["wikitext2_cloze"], folder, limit=40, batch_size=8)(model)
+    assert scores["wikitext2_cloze"]["acc"] >= 0.5  # chance is 0.25
