@@ -11,7 +11,8 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 HEADER = (
     "# Benchmarks\n\n"
-    "Every figure below was printed by the command shown with it, on the code of the commit that wrote it.\n"
+    "Every figure below was printed by the command shown with it "
+    "(the commit that added a section holds the code that measured it).\n"
 )
 
 
