@@ -5,7 +5,7 @@ Command:
 The pruned model is the default pruning (activation + refit, 40% of MLP neurons; speed does not
 depend on which neurons are kept, so any 40% model of the same shape measures the same). Each model
 is measured in its own process by `python -m prune_recover.deploy compare` (prompt lengths 128,
-512, 1024; 64 new tokens greedy with KV cache; batch 8 for throughput; median of 3 after a warm-up).
+512, 1024; 64 new tokens greedy with KV cache; batch 8 for throughput; median of 5 after a warm-up).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
         data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration={"split": "valid"})
         Pruner(importance="activation", ratio=0.4).prune(model, data.calibration_batches())
         save_pretrained_atomic(model, tokenizer, Path(tmp) / "pruned")
-        flags = ["--device", args.device, "--dtype", args.dtype]
+        flags = ["--device", args.device, "--dtype", args.dtype, "--repeats", "5"]
         results = deploy.compare(resolve_source("smollm2-135m"), str(Path(tmp) / "pruned"), flags)
     table = deploy.markdown(results)
     command = "python bench/deployment.py" + (

@@ -6,15 +6,18 @@
 MODEL is anything `load_model` accepts (`smollm2-135m`, a saved directory, ...). Prompts are random
 token ids (speed does not depend on their content). Each figure is the median of `--repeats` runs
 after one warm-up run. Decoding is greedy, one token per step with a KV cache, timed apart from the
-prefill. `compare` measures each model in its own subprocess so that peak memory (CUDA: max
-allocated; CPU: the process's peak resident set) belongs to that model alone, and relates the
-speed-ups to the reduction in matmul FLOPs per token.
+prefill. Memory is reported twice: the bytes of the weights, and the peak while the measured
+inference ran (CUDA: max allocated; CPU on Linux: the process's peak resident set, reset once the
+model is loaded so that the transient copies of loading do not count; it includes the Python and
+torch runtime). `compare` measures each model in its own subprocess so that these figures belong to
+that model alone, and relates the speed-ups to the reduction in matmul FLOPs per token.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -61,6 +64,28 @@ def _median_time(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident set (VmHWM)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes, peak since start
+
+
+def weights_mb(model) -> float:
+    """Bytes held by the parameters and buffers of `model`, in MiB (a tied matrix counted once)."""
+    tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
 @torch.no_grad()
 def _decode(model, prompt: torch.Tensor, new_tokens: int) -> None:
     """Greedy decoding of `new_tokens` tokens after a prefill, one token per forward pass."""
@@ -90,6 +115,8 @@ def measure(
         return torch.randint(0, vocab, (batch, length), generator=generator).to(device)
 
     result = {"params": count_parameters(model), "device": str(device), "new_tokens": new_tokens, "prompts": {}}
+    result["weights_mb"] = weights_mb(model)
+    _reset_peak_memory(device)
     for length in prompt_lengths:
         ids = prompt(1, length)
         prefill = _median_time(lambda ids=ids: model(input_ids=ids, use_cache=True), device, repeats)
@@ -106,10 +133,7 @@ def measure(
         "prompt_length": prompt_lengths[0],
         "tokens_per_s": batch_size * new_tokens / batch_time,
     }
-    if device.type == "cuda":
-        result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result["peak_memory_mb"] = _peak_memory_mb(device)
     return result
 
 
@@ -157,7 +181,8 @@ def markdown(results: dict) -> str:
         f"Batch throughput (batch {b['batch']['batch_size']}, prompt {b['batch']['prompt_length']}, "
         f"{b['new_tokens']} new tokens): base {b['batch']['tokens_per_s']:.1f} tok/s, pruned "
         f"{p['batch']['tokens_per_s']:.1f} tok/s ({results['batch_speedup']:.2f}x).",
-        f"Peak memory: base {b['peak_memory_mb']:.0f} MB, pruned {p['peak_memory_mb']:.0f} MB. "
+        f"Weights: base {b['weights_mb']:.0f} MiB, pruned {p['weights_mb']:.0f} MiB. "
+        f"Peak memory while measuring: base {b['peak_memory_mb']:.0f} MiB, pruned {p['peak_memory_mb']:.0f} MiB. "
         f"Parameters: base {b['params']:,}, pruned {p['params']:,}.",
     ]
     return "\n".join(lines)

@@ -29,6 +29,8 @@ def test_measure_and_compare_base_with_pruned(tmp_path):
     result = deploy.measure(model, prompt_lengths=(16, 32), new_tokens=4, batch_size=2, repeats=1)
     assert set(result["prompts"]) == {"16", "32"} and result["batch"]["tokens_per_s"] > 0
     assert all(p["ttft_ms"] > 0 and p["decode_tokens_per_s"] > 0 for p in result["prompts"].values())
+    tensors = [*model.parameters(), *model.buffers()]  # parameters() yields a tied matrix once
+    assert result["weights_mb"] == pytest.approx(sum(t.numel() * t.element_size() for t in tensors) / 2**20)
     save_pretrained_atomic(model, tokenizer, tmp_path / "base")
     Pruner(importance="maw", ratio=0.5, refit=False, depth={"num_blocks": 1}).prune(
         model, [torch.randint(3, 259, (2, 16))]
@@ -38,6 +40,7 @@ def test_measure_and_compare_base_with_pruned(tmp_path):
     compared = deploy.compare(str(tmp_path / "base"), str(tmp_path / "pruned"), flags)
     assert compared["ratios"]["16"]["flop_reduction"] > 1.3
     assert compared["pruned"]["params"] < compared["base"]["params"]
+    assert compared["pruned"]["weights_mb"] < compared["base"]["weights_mb"]
     assert "| 16 |" in deploy.markdown(compared) and compared["base"]["peak_memory_mb"] > 0
 
 
