@@ -10,7 +10,6 @@ puts the table in the `shortened_llama` section of docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import BENCHMARKS, machine, write_section  # noqa: E402
-from prune_recover.study import REPO, collect, markdown_table, run_study, write_report  # noqa: E402
+from prune_recover.study import REPO, collect, markdown_table, rows, run_study, write_report  # noqa: E402
 
 STUDY = REPO / "configs" / "study" / "shortened_llama_small.yaml"
 OUT = REPO / "study" / "shortened_llama_small"
@@ -40,13 +39,14 @@ def recovery_comparison(table: list[dict]) -> list[str]:
 def main() -> None:
     run_study(STUDY, OUT, [])
     write_report([OUT], OUT)
-    table = json.loads((OUT / "report.json").read_text())["rows"]
+    reports = collect([OUT])
+    table = rows(reports)
     images = BENCHMARKS.parent / "study"
     images.mkdir(exist_ok=True)
     for name in ("ppl_vs_params.png", "ppl_over_steps.png"):
         shutil.copy(OUT / name, images / name)
     tokens = sorted({r["recovery_tokens"] for r in table})
-    base = collect([OUT])[0]["base"]["ppl_by_seq_len"]
+    base = reports[0]["base"]["ppl_by_seq_len"]
     hours = sum(r["wall_s"] or 0 for r in table) / 3600
     body = "\n".join(
         [
