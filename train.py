@@ -8,11 +8,11 @@ import hydra
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from prune_recover.config_utils import build, register_resolvers
-from prune_recover.evaluate import build_evaluator
+from prune_recover.evaluation.evaluator import build_evaluator
+from prune_recover.jobs.configs import build, register_resolvers
+from prune_recover.jobs.prune_and_recover import prune_and_recover
+from prune_recover.jobs.prune_only import prune_only
 from prune_recover.models import load_config, load_model
-from prune_recover.prune_only import prune_only
-from prune_recover.recovery import prune_and_recover
 
 RECOVERY_METHODS = ("none", "full", "lora", "cpt_then_lora")
 register_resolvers()
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict | None:
             raise ValueError("recovery=none with pruning=none does nothing; enable pruning or recovery")
         model, tokenizer = load_model(**cfg.model)
         data.set_tokenizer(tokenizer)
-        evaluator = build_evaluator(data, tokenizer, **cfg.eval)
+        evaluator = evaluator_for(cfg, data, tokenizer)
         return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info)
 
     callbacks = {name: node for name, node in cfg.callbacks.items() if name != "pruning"}
@@ -43,13 +43,19 @@ def run(cfg: DictConfig) -> dict | None:
     trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
     model, tokenizer = load_model(**cfg.model)
     data.set_tokenizer(tokenizer)
-    pruning.evaluator = build_evaluator(data, tokenizer, **cfg.eval)
+    pruning.evaluator = evaluator_for(cfg, data, tokenizer)
     module = build(cfg.recovery.module, model=model)
     for logger in loggers:
         logger.log_hyperparams(run_info["config"])
     return prune_and_recover(
         trainer, module, data, tokenizer, pruning, pruning.evaluator, cfg.output_dir, cfg.ckpt_path, run_info
     )
+
+
+def evaluator_for(cfg: DictConfig, data, tokenizer):
+    """The `eval` node's evaluator on the data module's test split."""
+    test = data.test_split
+    return build_evaluator(data.token_ids(test), tokenizer, data.local_file(test), **cfg.eval)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

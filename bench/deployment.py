@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover import deploy  # noqa: E402
-from prune_recover.data import CausalLMDataModule  # noqa: E402
+from prune_recover.evaluation import deploy  # noqa: E402
 from prune_recover.models import load_model, resolve_source, save_pretrained_atomic  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
+from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 
 def main() -> None:

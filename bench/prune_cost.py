@@ -18,9 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover.data import CausalLMDataModule  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
+from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 COMMAND = "python bench/prune_cost.py"
 

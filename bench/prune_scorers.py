@@ -1,7 +1,7 @@
 """Every importance scorer at 20/40/60% MLP pruning on SmolLM2-135M, next to optipfair 0.4.2.
 
 Protocol: WikiText-2 test read as one string, tokenized once, first 16 non-overlapping windows of
-1024 tokens (prune_recover/evaluate.py). Calibration: 64 windows x 512 tokens drawn (seed 0) from
+1024 tokens (prune_recover/evaluation/perplexity.py). Calibration: 64 windows x 512 tokens drawn (seed 0) from
 the valid split, the same batches for every data-driven method and for optipfair's hybrid.
 One-shot statistics are gathered once on the unpruned model and reused across ratios.
 
@@ -22,14 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover.data import CausalLMDataModule  # noqa: E402
-from prune_recover.evaluate import Evaluator  # noqa: E402
+from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
+from prune_recover.lm import count_parameters
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.calibration import collect_activation_stats, collect_taylor_stats  # noqa: E402
 from prune_recover.pruning.importance import SCORERS  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
-from prune_recover.pruning.targets import ParamModel, WidthTarget, count_parameters  # noqa: E402
+from prune_recover.pruning.targets import ParamModel, WidthTarget  # noqa: E402
 from prune_recover.pruning.width import prune_width  # noqa: E402
+from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 RATIOS = (0.2, 0.4, 0.6)
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import BENCHMARKS, machine, write_section  # noqa: E402
-from prune_recover.study import REPO, collect, markdown_table, rows, run_study, write_report  # noqa: E402
+from prune_recover.jobs.study import REPO, collect, markdown_table, rows, run_study, write_report  # noqa: E402
 
 STUDY = REPO / "configs" / "study" / "shortened_llama_small.yaml"
 OUT = REPO / "study" / "shortened_llama_small"

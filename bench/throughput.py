@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
-from prune_recover.module import RecoveryModule  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
+from prune_recover.training.recovery_module import RecoveryModule  # noqa: E402
 
 COMMAND = "python bench/throughput.py"
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,8 @@ from transformers import (
 )
 
 from prune_recover.arch import family_of
-from prune_recover.logging_utils import get_logger
+from prune_recover.files import cache_root, replace_dir, temporary_sibling
+from prune_recover.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -64,11 +63,6 @@ ALIASES: dict[str, PackagedGGUF] = {
 
 class UnknownModelError(ValueError):
     """Raised for a model name that is no alias, file, directory or hub id."""
-
-
-def cache_root() -> Path:
-    """Where converted models and tokenized corpora are cached (`PRUNE_RECOVER_CACHE` overrides)."""
-    return Path(os.environ.get("PRUNE_RECOVER_CACHE", Path.home() / ".cache" / "prune_recover"))
 
 
 def load_model(
@@ -176,7 +170,7 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_sibling(out_dir)
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -186,15 +180,6 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         raise
     replace_dir(tmp, out_dir)
     return out_dir
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Swap the complete directory `new` into `target`, removing the old one only after the swap."""
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:

@@ -21,6 +21,7 @@ def _isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WANDB_MODE", "offline")
     if "PRUNE_RECOVER_CACHE" not in os.environ:
         monkeypatch.setenv("PRUNE_RECOVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "datasets"))
     torch.manual_seed(0)
 
 
@@ -44,8 +45,8 @@ def token_batches(count: int = 3, batch: int = 2, seq_len: int = 32, seed: int =
 
 def tiny_data(wikitext_dir, **kwargs):
     """WikiText-2 valid as training data for a tiny model: 64-token blocks, a few calibration windows."""
-    from prune_recover.data import CausalLMDataModule
     from prune_recover.models import byte_tokenizer
+    from prune_recover.training.datamodule import CausalLMDataModule
 
     settings = dict(
         wikitext_dir=str(wikitext_dir),

@@ -12,15 +12,15 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from prune_recover.callbacks import PruningCallback
-from prune_recover.distributed import DecoderBlockFSDP
-from prune_recover.guards import FiniteLossGuard, NonFiniteLossError
 from prune_recover.models import tiny_random
-from prune_recover.module import RecoveryModule
 from prune_recover.pruning.pruner import Pruner
+from prune_recover.training.distributed import DecoderBlockFSDP
+from prune_recover.training.guards import FiniteLossGuard, NonFiniteLossError
+from prune_recover.training.pruning_callback import PruningCallback
+from prune_recover.training.recovery_module import RecoveryModule
 from tests.conftest import tiny_data, tiny_trainer
-from tests.test_distributed import fake_slurm_env
 from tests.test_train_cli import tiny_overrides
+from tests.training.test_distributed import fake_slurm_env
 
 REPO = Path(__file__).resolve().parents[1]
 

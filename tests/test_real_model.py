@@ -33,7 +33,7 @@ def test_maw_40_percent_keeps_the_formula_neurons_and_the_published_count():
 
 def test_smollm2_beats_chance_on_the_local_cloze_task(wikitext_dir, monkeypatch):
     pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
-    from prune_recover.lm_eval_bridge import TaskEvaluator, build_local_tasks
+    from prune_recover.evaluation.tasks import TaskEvaluator, build_local_tasks
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_model("smollm2-135m")

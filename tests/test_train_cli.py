@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prune_recover.evaluate import Evaluator
-from prune_recover.text import tokenize_file
+from prune_recover.evaluation.evaluator import Evaluator
 from train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,8 @@ def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     tokenizer = AutoTokenizer.from_pretrained(out / "final")
     assert sum(p.numel() for p in model.parameters()) == saved["final"]["params"]
-    ids = tokenize_file(Path(wikitext_dir) / "wiki.test.raw", tokenizer)
+    text = (Path(wikitext_dir) / "wiki.test.raw").read_text(encoding="utf-8")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
     reloaded_ppl = Evaluator(ids, seq_lens=[64, 128], max_windows=3)(model)
     assert reloaded_ppl[64] == pytest.approx(saved["final"]["ppl"], rel=1e-5)
 

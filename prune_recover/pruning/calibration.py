@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prune_recover.arch import GatedMLP, final_norm, gated_mlps
-from prune_recover.evaluate import model_device
+from prune_recover.lm import eval_mode, model_device
 from prune_recover.pruning.layerwise import forward_until
 
 
@@ -108,14 +108,9 @@ def collect_activation_stats(
     The pass stops at the final norm: the LM head (a fifth of SmolLM2's forward FLOPs) adds nothing here.
     """
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with ActivationRecorder(model, gram=gram) as recorder:
-            for batch in batches:
-                forward_until(model, batch.to(device), final_norm(model))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), ActivationRecorder(model, gram=gram) as recorder:
+        for batch in batches:
+            forward_until(model, batch.to(device), final_norm(model))
     return recorder.stats
 
 
@@ -171,23 +166,21 @@ def backward_passes(model: nn.Module, batches: Sequence[torch.Tensor], tracked: 
     device = model_device(model)
     flags = {param: param.requires_grad for param in model.parameters()}
     grads = {param: param.grad for param in model.parameters()}
-    was_training = model.training
-    model.eval()  # no dropout: the saliency of the deployed model
     try:
         for param in model.parameters():
             param.requires_grad_(False)
             param.grad = None
         for param in tracked:
             param.requires_grad_(True)
-        for batch in batches:
-            batch = batch.to(device)
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-            loss.backward()
-            yield loss.detach()
-            for param in tracked:
-                param.grad = None
+        with eval_mode(model):  # no dropout: the saliency of the deployed model
+            for batch in batches:
+                batch = batch.to(device)
+                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+                loss.backward()
+                yield loss.detach()
+                for param in tracked:
+                    param.grad = None
     finally:
         for param, flag in flags.items():
             param.requires_grad_(flag)
             param.grad = grads[param]
-        model.train(was_training)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from prune_recover.arch import decoder_blocks
-from prune_recover.evaluate import model_device
+from prune_recover.lm import eval_mode, model_device, summed_nll
 from prune_recover.pruning.calibration import backward_passes
 
 
@@ -64,18 +64,12 @@ def _identity_output(module, args, kwargs, output):
 def calibration_perplexity(model: nn.Module, batches: Sequence[torch.Tensor]) -> float:
     """exp(mean next-token NLL) over the batches, in eval mode."""
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     nll, tokens = 0.0, 0
-    try:
+    with eval_mode(model):
         for batch in batches:
-            batch = batch.to(device)
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-            count = batch[:, 1:].numel()
-            nll += loss.double().item() * count
+            batch_nll, count = summed_nll(model, batch.to(device))
+            nll += batch_nll.item()
             tokens += count
-    finally:
-        model.train(was_training)
     return math.exp(nll / tokens)
 
 
@@ -108,16 +102,14 @@ def angular_scores(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.T
 
     handles = [block.register_forward_hook(recorder(i), with_kwargs=True) for i, block in enumerate(blocks)]
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            model(input_ids=batch.to(device), use_cache=False)
-            tokens += batch.numel()
+        with eval_mode(model):
+            for batch in batches:
+                model(input_ids=batch.to(device), use_cache=False)
+                tokens += batch.numel()
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return totals / tokens
 
 
@@ -132,6 +124,7 @@ DEPTH_CRITERIA: dict[str, DepthCriterion] = {
 
 
 def get_depth_criterion(name: str) -> DepthCriterion:
+    """Look a depth criterion up by name, or raise listing the known ones."""
     if name not in DEPTH_CRITERIA:
         raise ValueError(f"Unknown depth criterion '{name}'. Known criteria: {', '.join(DEPTH_CRITERIA)}")
     return DEPTH_CRITERIA[name]

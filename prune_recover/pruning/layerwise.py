@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prune_recover.arch import decoder_blocks
-from prune_recover.evaluate import model_device
+from prune_recover.lm import model_device
 
 
 class _StopForward(Exception):

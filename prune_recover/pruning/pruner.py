@@ -10,93 +10,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 
 from prune_recover.arch import decoder_blocks, family_of, gated_mlps, unwrap
-from prune_recover.logging_utils import get_logger
+from prune_recover.lm import count_parameters
+from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, collect_taylor_stats
 from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
 from prune_recover.pruning.importance import get_scorer
+from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan
 from prune_recover.pruning.surgery import remove_blocks
-from prune_recover.pruning.targets import ParamModel, WidthTarget, count_parameters
+from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
 
 log = get_logger(__name__)
 
 CALIBRATION_MODES = ("oneshot", "layerwise", "sequential")
 Reduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class DepthSpec:
-    """Depth pruning settings (`pruning.depth`).
-
-    Attributes:
-        num_blocks: Decoder blocks to remove; 0 disables depth pruning.
-        criterion: `ppl`, `taylor_plus` or `angular` (see `depth.py`).
-        protect_first: Blocks at the start never removed; None takes the criterion's default (4 for taylor_plus).
-        protect_last: Blocks at the end never removed; None takes the criterion's default (2 for taylor_plus).
-        num_samples: Calibration samples the block scores use (the first ones of the calibration set);
-            the `ppl` criterion re-runs them once per block, so they are fewer and shorter than for width.
-        seq_len: Tokens kept from the start of each of those samples.
-    """
-
-    num_blocks: int = 0
-    criterion: str = "ppl"
-    protect_first: int | None = None
-    protect_last: int | None = None
-    num_samples: int = 16
-    seq_len: int = 128
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
-            raise ValueError(f"pruning.depth.num_blocks must be a non-negative integer, got {self.num_blocks}")
-        criterion = get_depth_criterion(self.criterion)
-        if self.num_samples < 1 or self.seq_len < 2:
-            raise ValueError(
-                f"pruning.depth needs num_samples >= 1 and seq_len >= 2, got {self.num_samples} and {self.seq_len}"
-            )
-        for name in ("protect_first", "protect_last"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"pruning.depth.{name} must be a non-negative integer or null, got {value}")
-        if self.protect_first is None:
-            object.__setattr__(self, "protect_first", criterion.protect_first)
-        if self.protect_last is None:
-            object.__setattr__(self, "protect_last", criterion.protect_last)
-
-
-@dataclass(frozen=True)
-class PrunePlan:
-    """The final shape a pruning config asks for on a given model."""
-
-    intermediate_size: int
-    num_layers: int
-    params: int
-
-
-@dataclass
-class PruneEvent:
-    """What one call of `Pruner.prune` did (one entry of `pruning_report.json` "events")."""
-
-    importance: str
-    intermediate_size: int
-    num_layers: int
-    params: int
-    removed_blocks: list[int] = field(default_factory=list)
-    depth_criterion: str | None = None
-    refit: bool = False
-    calibration_mode: str | None = None
-    calibration_tokens: int = 0
-    seconds: float = 0.0
-    kept: dict = field(default_factory=dict, repr=False)  # layer -> kept neuron indices; not serialized
-
-    def to_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key != "kept"}
 
 
 class Pruner:

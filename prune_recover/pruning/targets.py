@@ -11,19 +11,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from prune_recover.arch import GatedMLP, base_linear, family_of, unwrap
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Parameters of the deployable model: shared tensors once, LoRA adapter matrices excluded."""
-    seen = {}
-    for name, param in unwrap(model).named_parameters():
-        if "lora_" not in name:
-            seen[id(param)] = param.numel()
-    return sum(seen.values())
+from prune_recover.arch import GatedMLP, base_linear, family_of
+from prune_recover.lm import count_parameters
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prune_recover.arch import GatedMLP, gated_mlps
+from prune_recover.lm import eval_mode
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner
@@ -87,10 +88,8 @@ def prune_width_layerwise(
     if propagate not in ("original", "pruned"):
         raise ValueError(f"propagate must be 'original' or 'pruned', got '{propagate}'")
     optimizers = list(optimizers)
-    was_training = model.training
-    model.eval()
     kept = {}
-    try:
+    with eval_mode(model):
         runner = LayerwiseRunner(model, batches)
         for index, mlp in enumerate(gated_mlps(model)):
             with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
@@ -100,7 +99,5 @@ def prune_width_layerwise(
                 layer_stats.taylor = taylor[index]
             kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
             runner.advance(outputs if propagate == "original" else runner.run_block(index))
-    finally:
-        model.train(was_training)
     sync_intermediate_size(model)
     return kept

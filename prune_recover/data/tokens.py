@@ -1,0 +1,68 @@
+"""Rows of text -> token ids (`Dataset.map`, cached by the dataset fingerprint), and windows cut from ids.
+
+No special tokens are added; with the `eos` separator every row ends with the EOS token, so that
+documents do not run into each other once packed.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+SEPARATORS = ("eos", "none")
+
+
+def tokenize_rows(rows, tokenizer: PreTrainedTokenizerBase, separator: str = "none"):
+    """Add an `input_ids` column (and drop `text`) to a `datasets` dataset of rows.
+
+    Args:
+        rows: `Dataset` or `IterableDataset` with a `text` column.
+        separator: `eos` appends the EOS token to every row; `none` appends nothing.
+    """
+    if separator not in SEPARATORS:
+        raise ValueError(f"data.document_separator must be one of {SEPARATORS}, got '{separator}'")
+    suffix = [tokenizer.eos_token_id] if separator == "eos" else []
+
+    def tokenize(batch: dict) -> dict:
+        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [ids + suffix for ids in encoded]}
+
+    kwargs = {"desc": "Tokenizing"} if hasattr(rows, "cache_files") else {}  # map-style datasets show progress
+    return rows.map(tokenize, batched=True, remove_columns=["text"], **kwargs)
+
+
+def concatenated_ids(tokenized) -> torch.Tensor:
+    """Every token of a tokenized map-style dataset, row after row, as one 1-D int64 tensor."""
+    rows = tokenized.with_format("numpy")[:]["input_ids"] if len(tokenized) else []
+    if len(rows) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([torch.as_tensor(row, dtype=torch.long) for row in rows])
+
+
+def windows(ids: torch.Tensor, seq_len: int, count: int | None = None, seed: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of `seq_len` tokens, shape `[count, seq_len]`.
+
+    Args:
+        ids: 1-D token ids.
+        seq_len: Tokens per window.
+        count: How many windows; None takes all that fit.
+        seed: None takes the first `count` windows in order; an int draws `count` of them at random.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    available = ids.numel() // seq_len
+    count = available if count is None else count
+    if count < 1 or count > available:
+        raise ValueError(f"asked for {count} windows of {seq_len} tokens but the text holds {available}")
+    all_windows = ids[: available * seq_len].view(available, seq_len)
+    if seed is None:
+        return all_windows[:count].clone()
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:count]
+    return all_windows[order].clone()
+
+
+def batched(samples: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split `[n, seq_len]` samples into a list of `[batch_size, seq_len]` batches (the last may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return list(samples.split(batch_size))

@@ -1,0 +1,71 @@
+"""The perplexity protocol used everywhere in prune_recover.
+
+Protocol: the split is read as one string and tokenized once (no special tokens added); the ids
+are cut into non-overlapping windows of `seq_len` tokens (the tail that does not fill a window is
+dropped; `max_windows` keeps only the first ones). Each window is scored on its own, without
+context from the previous one: the `seq_len - 1` next-token predictions of each window contribute
+their negative log-likelihood, computed from float32 logits and summed in float64. Perplexity is
+`exp(total NLL / total predicted tokens)`, taken once at the end (not an average of per-window
+perplexities). `seq_len=128` is the Shortened-LLaMA / LLM-Pruner setting; 1024 is the long-context one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from prune_recover.data.tokens import windows
+from prune_recover.lm import eval_mode, model_device, summed_nll
+
+
+@dataclass(frozen=True)
+class PerplexityProtocol:
+    """How perplexity is measured (see the module docstring).
+
+    Attributes:
+        seq_len: Tokens per window.
+        max_windows: Score only the first this many windows; None scores the whole split.
+        batch_size: Windows per forward pass (does not change the result).
+    """
+
+    seq_len: int = 1024
+    max_windows: int | None = None
+    batch_size: int = 1
+
+    def describe(self) -> dict:
+        return {
+            **asdict(self),
+            "windows": "non-overlapping, no carried context, first max_windows in order",
+            "reduction": "exp(sum token NLL / predicted tokens), float32 logits, float64 sum",
+        }
+
+    def window_count(self, ids: torch.Tensor) -> int:
+        """How many windows of `ids` this protocol scores."""
+        available = ids.numel() // self.seq_len
+        return available if self.max_windows is None else min(self.max_windows, available)
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """Perplexity with the summed NLL and the count of predicted tokens it came from."""
+
+    ppl: float
+    nll_sum: float
+    tokens: int
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, ids: torch.Tensor, protocol: PerplexityProtocol) -> PerplexityResult:
+    """Perplexity of `model` on the 1-D token ids `ids` under `protocol` (measured in eval mode)."""
+    samples = windows(ids, protocol.seq_len, count=protocol.window_count(ids))
+    device = model_device(model)
+    nll_sum, tokens = 0.0, 0
+    with eval_mode(model):
+        for batch in samples.split(protocol.batch_size):
+            nll, count = summed_nll(model, batch.to(device))
+            nll_sum += nll.item()
+            tokens += count
+    return PerplexityResult(ppl=math.exp(nll_sum / tokens), nll_sum=nll_sum, tokens=tokens)

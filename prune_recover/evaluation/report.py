@@ -1,0 +1,58 @@
+"""`pruning_report.json`: what a run pruned, and the model before and after, in one file.
+
+Both jobs (prune-only and prune-and-recover) build their report here, so the two share one layout:
+run information, protocol, data, `base`, `events`, `final`, and job-specific sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from prune_recover.arch import decoder_blocks, unwrap
+from prune_recover.files import write_json_atomic
+from prune_recover.lm import count_parameters
+
+
+def model_summary(model: nn.Module, ppl: dict[int, float] | None = None, tasks: dict | None = None) -> dict:
+    """`{params, intermediate_size, num_layers, ppl, ppl_by_seq_len[, tasks]}`; `ppl` is the first length's figure."""
+    summary = {
+        "params": count_parameters(model),
+        "intermediate_size": unwrap(model).config.intermediate_size,
+        "num_layers": len(decoder_blocks(model)),
+    }
+    if ppl:
+        summary["ppl"] = next(iter(ppl.values()))
+        summary["ppl_by_seq_len"] = {str(seq_len): value for seq_len, value in ppl.items()}
+    if tasks:
+        summary["tasks"] = tasks
+    return summary
+
+
+def run_report(
+    run_info: dict | None,
+    protocol: dict,
+    data: dict,
+    base: dict | None,
+    events: list[dict],
+    final: dict,
+    wall_seconds: float,
+    **sections,
+) -> dict:
+    """The report of one run; `sections` adds job-specific parts (e.g. `history`, `recovery`)."""
+    return {
+        **(run_info or {}),
+        "protocol": protocol,
+        "data": data,
+        "base": base,
+        "events": events,
+        "final": final,
+        **sections,
+        "wall_seconds": wall_seconds,
+    }
+
+
+def write_report(output_dir: str | Path, report: dict) -> Path:
+    """Write `report` to `<output_dir>/pruning_report.json` atomically."""
+    return write_json_atomic(Path(output_dir) / "pruning_report.json", report)

@@ -1,0 +1,38 @@
+"""Where prune_recover keeps its cache, and how it writes files so that no reader sees half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where converted models and generated task files are cached (`PRUNE_RECOVER_CACHE` overrides)."""
+    return Path(os.environ.get("PRUNE_RECOVER_CACHE", Path.home() / ".cache" / "prune_recover"))
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    """Write `data` as JSON so that `path` is never seen half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def temporary_sibling(target: Path, tag: str = "tmp") -> Path:
+    """A fresh hidden path next to `target` (same directory, hence same filesystem: renames are atomic)."""
+    return target.parent / f".{target.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap the complete directory `new` into `target`, removing the old one only after the swap."""
+    old = temporary_sibling(target, "old")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""Hydra helpers shared by the entry points and the tests: resolvers, and `build` (instantiate with clear errors)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+
+def stable_id(text: str) -> str:
+    """An 8-character id derived from `text` (an absolute output path), stable across restarts."""
+    return hashlib.sha1(os.path.abspath(str(text)).encode()).hexdigest()[:8]
+
+
+def stderr_is_terminal() -> bool:
+    """True when progress bars can redraw (an interactive terminal), False in a log file such as SLURM's."""
+    return sys.stderr.isatty()
+
+
+def register_resolvers() -> None:
+    """Register the `${stable_id:...}` and `${stderr_is_terminal:}` resolvers used by the configs (idempotent)."""
+    for name, resolver in (("stable_id", stable_id), ("stderr_is_terminal", stderr_is_terminal)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` with plain containers, re-raising the constructor's own error.
+
+    Hydra wraps every constructor error in `InstantiationException`; users should see the
+    `ValueError` / `FileNotFoundError` that says what was wrong, with its original type.
+    """
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        if error.__cause__ is not None:
+            raise error.__cause__ from None
+        raise

@@ -1,0 +1,76 @@
+"""The prune-then-recover job: fit (the callback prunes), validate, merge, export, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+from transformers import PreTrainedTokenizerBase
+
+from prune_recover.evaluation.evaluator import Evaluator
+from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
+from prune_recover.evaluation.report import run_report, write_report
+from prune_recover.logs import get_logger
+from prune_recover.models import save_pretrained_atomic
+from prune_recover.training.datamodule import CausalLMDataModule
+from prune_recover.training.loggers import set_wandb_summary
+from prune_recover.training.pruning_callback import PruningCallback
+from prune_recover.training.recovery_module import RecoveryModule
+
+log = get_logger(__name__)
+
+
+def prune_and_recover(
+    trainer: L.Trainer,
+    module: RecoveryModule,
+    data: CausalLMDataModule,
+    tokenizer: PreTrainedTokenizerBase,
+    pruning: PruningCallback,
+    evaluator: Evaluator,
+    output_dir: str | Path,
+    ckpt_path: str | None = None,
+    run_info: dict | None = None,
+) -> dict | None:
+    """Train with the pruning callback, then write `<output_dir>/final/` and `pruning_report.json`.
+
+    Returns:
+        The report on global rank zero; None on other ranks or when training was interrupted.
+    """
+    output_dir = Path(output_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        log.warning("Training was interrupted; no export. Resume with ckpt_path=last.")
+        return None
+    if not trainer.is_global_zero:
+        return None
+    model = module.merged_model()
+    final = evaluator.summary(model)
+    # Measured directly: trainer.validate() would reload a SLURM hpc checkpoint instead of these weights.
+    final["val_ppl"] = perplexity(model, data.val_ids(), PerplexityProtocol(data.block_size, data.max_val_blocks)).ppl
+    report = run_report(
+        run_info,
+        protocol={**evaluator.describe(), "eval_data": data.describe_split(data.test_split)},
+        data=data.describe(),
+        base=pruning.base,
+        events=pruning.events,
+        final=final,
+        wall_seconds=time.perf_counter() - start,
+        history=module.val_history,
+        recovery={
+            "method": module.method,
+            "steps": trainer.global_step,
+            "tokens_seen": module.tokens_seen,
+            "distill": module.distill.alpha > 0,
+            "world_size": trainer.world_size,
+            "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
+        },
+    )
+    for logger in trainer.loggers:
+        logger.log_metrics({"test/ppl": final["ppl"], "final/params": final["params"] / 1e6}, step=trainer.global_step)
+    set_wandb_summary(trainer, "model/params_exact", final["params"])
+    save_pretrained_atomic(model, tokenizer, output_dir / "final")
+    write_report(output_dir, report)
+    log.info("Final: %s", final)
+    return report

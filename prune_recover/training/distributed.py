@@ -1,0 +1,80 @@
+"""Multi-process helpers: FSDP that shards whatever decoder block the model has, and rank-aware reductions.
+
+FSDP and pruning: FSDP flattens parameters into shards whose shapes are fixed once wrapped, so
+surgery cannot run on a sharded model. prune_recover therefore prunes under FSDP only at the
+stage boundary before sharding: an event at step 0 is carried out in the callback's `setup`, on
+the full model placed on each rank's GPU (every rank takes the same decision: statistics are
+averaged across ranks), and FSDP then shards the pruned model. Events after step 0 (iterative
+schedules, `schedule.start_step > 0`) are refused with an error; run them with `trainer=ddp`, or
+prune in one job (`recovery=none`) and recover the exported model with `trainer=fsdp` in a second.
+A resumed FSDP job repeats the step-0 event before sharding (same model, same calibration batches,
+same shapes) and then loads the sharded checkpoint into it.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from torch import nn
+
+from prune_recover.arch import decoder_blocks
+
+FSDP_PRUNING_HELP = (
+    "pruning events after step 0 are not supported under FSDP (sharded parameters cannot change shape). "
+    "Use schedule=oneshot with schedule.start_step=0 (pruned before sharding), trainer=ddp for iterative "
+    "schedules, or prune with recovery=none first and recover final/ with trainer=fsdp pruning=none."
+)
+
+
+class DecoderBlockFSDP(FSDPStrategy):
+    """`FSDPStrategy` whose wrap and activation-checkpointing unit is the model's own decoder-block class.
+
+    The class (LlamaDecoderLayer, Qwen2DecoderLayer, ...) is read from the LightningModule's model when
+    the strategy wraps it, so one config serves every family.
+
+    Args:
+        activation_checkpointing: Recompute each block's activations in backward.
+        **kwargs: Passed to `FSDPStrategy` (`sharding_strategy`, `state_dict_type`, `cpu_offload`, ...).
+    """
+
+    def __init__(self, activation_checkpointing: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.checkpoint_blocks = activation_checkpointing
+
+    def block_class(self) -> type[nn.Module]:
+        return type(decoder_blocks(self.lightning_module.model)[0])
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        block = self.block_class()
+        self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy({block})
+        if self.checkpoint_blocks:
+            self._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy({block})}
+        return super()._setup_model(model)
+
+
+def is_fsdp(strategy) -> bool:
+    """Whether `strategy` shards the model with FSDP."""
+    return isinstance(strategy, FSDPStrategy)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of `tensor` over every rank (identical on all ranks afterwards)."""
+    reduced = tensor.clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced / dist.get_world_size()
+
+
+def rewrap_ddp(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Wrap the module in a fresh DDP after its parameters changed (shapes or set).
+
+    DDP's gradient buckets are built for the parameters it was created with; a new wrapper also
+    broadcasts rank 0's weights, so every rank continues from the same model.
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and not isinstance(strategy.model, L.LightningModule):
+        strategy.model = pl_module
+        strategy.configure_ddp()

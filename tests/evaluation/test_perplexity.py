@@ -1,0 +1,45 @@
+import math
+
+import pytest
+import torch
+
+from prune_recover.data.tokens import windows
+from prune_recover.evaluation.evaluator import Evaluator
+from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
+from prune_recover.models import tiny_random
+
+
+def test_perplexity_is_exp_of_summed_nll_over_non_overlapping_windows():
+    model, _ = tiny_random("llama")
+    ids = torch.randint(3, 259, (1000,), generator=torch.Generator().manual_seed(0))
+    result = perplexity(model, ids, PerplexityProtocol(seq_len=128, max_windows=5))
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(5):
+            window = ids[i * 128 : (i + 1) * 128][None]
+            nll += model(window, labels=window).loss.item() * 127
+            count += 127
+    assert result.tokens == count == 635
+    assert math.isclose(result.ppl, math.exp(nll / count), rel_tol=1e-5)
+    batched = perplexity(model, ids, PerplexityProtocol(seq_len=128, max_windows=5, batch_size=3))
+    assert math.isclose(batched.ppl, result.ppl, rel_tol=1e-5)
+    model.train()
+    assert perplexity(model, ids, PerplexityProtocol(seq_len=128)).tokens == 7 * 127 and model.training
+
+
+def test_evaluator_reports_every_length_and_rejects_too_short_text():
+    model, _ = tiny_random("llama")
+    ids = torch.randint(3, 259, (600,))
+    result = Evaluator(ids, seq_lens=[128, 256], max_windows=2)(model)
+    assert list(result) == [128, 256]
+    with pytest.raises(ValueError, match="fewer than seq_len 1024"):
+        Evaluator(ids, seq_lens=[1024])
+
+
+def test_windows_in_order_or_seeded_and_errors():
+    ids = torch.arange(100)
+    assert windows(ids, 10, 3).tolist()[1] == list(range(10, 20))
+    drawn = windows(ids, 10, 4, seed=1)
+    assert torch.equal(drawn, windows(ids, 10, 4, seed=1)) and (drawn[:, 0] % 10 == 0).all()
+    with pytest.raises(ValueError, match="asked for 11 windows of 10 tokens but the text holds 10"):
+        windows(ids, 10, 11)

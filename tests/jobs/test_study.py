@@ -1,0 +1,80 @@
+"""The study runner: arms run as train.py jobs, their reports collected into a table and plots."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from prune_recover.jobs.study import collect, run_study, write_report
+from tests.test_train_cli import tiny_overrides
+
+
+def test_study_runs_its_arms_and_writes_the_report(wikitext_dir, tmp_path):
+    study = tmp_path / "study.yaml"
+    common = [o for o in tiny_overrides(wikitext_dir, "x") if not o.startswith("output_dir=")]
+    common += ["logger=csv", "eval.seq_lens=[64,128]", "trainer.max_steps=4"]
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "common": common,
+                "arms": {
+                    "depth_lora": ["pruning.ratio=null", "pruning.depth.num_blocks=1", "recovery=lora"],
+                    "width_full": ["pruning.ratio=null", "pruning.target_params=140000", "recovery=full"],
+                    "depth_cpt_lora": [
+                        "pruning.ratio=null",
+                        "pruning.depth.num_blocks=2",
+                        "recovery=cpt_then_lora",
+                        "recovery.module.lora_from_step=2",
+                    ],
+                },
+            }
+        )
+    )
+    out = tmp_path / "out"
+    reports = run_study(study, out, [])
+    assert all(path.is_file() for path in reports)
+    written = write_report([out], out)
+    text = written.read_text()
+    assert "depth (ppl) + lora" in text and "width (activation) + full" in text and "cpt_then_lora" in text
+    for image in ("ppl_vs_params.png", "ppl_over_steps.png"):
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert {r["run"] for r in rows} == {"depth_lora", "width_full", "depth_cpt_lora"}
+    assert all(r["ppl@128"] and r["recovery_tokens"] == 4 * 4 * 64 for r in rows)
+    shallow = AutoModelForCausalLM.from_pretrained(out / "depth_cpt_lora" / "final")
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    cached = shallow.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(
+        cached, shallow.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
+    )
+    assert len(collect([out])) == 3
+
+
+def test_study_report_logs_to_wandb_offline(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    report = {
+        "base": {"params": 100},
+        "final": {"params": 80, "ppl_by_seq_len": {"128": 20.0, "1024": 15.0}},
+        "events": [{"importance": "activation", "ppl_after_by_seq_len": {"128": 30.0}}],
+        "recovery": {"method": "full", "tokens_seen": 10},
+        "history": [{"step": 1, "val_ppl": 25.0}],
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "pruning_report.json").write_text(json.dumps(report))
+    write_report([tmp_path / "a"], tmp_path / "report", wandb_project="prune_recover_tests")
+    media = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
+    assert sorted(p.name.split("_0_")[0] for p in (media / "images" / "study").glob("*.png")) == [
+        "ppl_over_steps",
+        "ppl_vs_params",
+    ]
+    table = json.loads(next((media / "table" / "study").glob("*.table.json")).read_text())
+    assert table["data"][0][:2] == ["a", "width (activation) + full"]
+
+
+def test_a_study_file_without_arms_is_rejected(tmp_path):
+    (tmp_path / "s.yaml").write_text("common: []\n")
+    with pytest.raises(ValueError, match="needs a non-empty mapping 'arms"):
+        run_study(tmp_path / "s.yaml", tmp_path / "out", [])

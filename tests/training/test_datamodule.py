@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+
+from prune_recover.data.packing import block_tensor
+from prune_recover.data.tokens import concatenated_ids, tokenize_rows
+from prune_recover.models import byte_tokenizer
+from prune_recover.training.datamodule import CausalLMDataModule
+
+
+def wikitext(folder, **kwargs):
+    defaults = {"wikitext_dir": str(folder), "train_split": "valid", "val_split": "valid", "val_fraction": 0.1}
+    defaults["document_separator"] = "none"  # as configs/data/wikitext2.yaml: a file is one string
+    return CausalLMDataModule(byte_tokenizer(), **{**defaults, "block_size": 64, **kwargs})
+
+
+def file_ids(path, tokenizer) -> torch.Tensor:
+    """The protocol's reading of a text file: one string, tokenized once, no special tokens."""
+    return torch.tensor(tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
+
+
+def test_wikitext_splits_blocks_and_held_out_validation(wikitext_dir):
+    data = wikitext(wikitext_dir, batch_size=8, max_val_blocks=5)
+    valid = file_ids(wikitext_dir / "wiki.valid.raw", data.tokenizer)
+    assert torch.equal(data.token_ids("valid"), valid)
+    assert torch.equal(data.token_ids("test"), file_ids(wikitext_dir / "wiki.test.raw", data.tokenizer))
+    blocks = valid[: valid.numel() // 64 * 64].view(-1, 64)
+    held_out = int(valid.numel() * 0.1) // 64
+    train, val = data._train_val_blocks()
+    assert torch.equal(block_tensor(train), blocks[:-held_out]) and torch.equal(block_tensor(val), blocks[-held_out:])
+    batch = next(iter(data.train_dataloader()))
+    assert batch["input_ids"].shape == (8, 64)
+    val_batches = list(data.val_dataloader())
+    assert sum(b["input_ids"].shape[0] for b in val_batches) == 5
+    assert torch.equal(val_batches[0]["input_ids"][0], blocks[-held_out])
+    assert torch.equal(data.val_ids(), blocks[-held_out:].flatten())
+
+
+def test_calibration_comes_from_the_training_part(wikitext_dir):
+    data = wikitext(wikitext_dir, calibration={"num_samples": 6, "seq_len": 32, "batch_size": 4, "seed": None})
+    batches = data.calibration_batches()
+    assert [tuple(b.shape) for b in batches] == [(4, 32), (2, 32)]
+    assert torch.equal(batches[0][1], block_tensor(data._train_val_blocks()[0]).flatten()[32:64])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"wikitext_dir": "/nonexistent"}, FileNotFoundError, "WikiText-2 train file not found: /nonexistent"),
+        ({"calibration": {"split": "test"}}, ValueError, "test split 'test' may not be trained, validated or calib"),
+        ({"val_fraction": 0.0}, ValueError, "needs data.val_fraction > 0"),
+        ({"files": {"train": __file__}}, ValueError, "set one data source"),
+        ({"document_separator": "newline"}, ValueError, "document_separator must be 'eos' or 'none'"),
+        ({"calibration": {"num_samples": 0}}, ValueError, "data.calibration needs num_samples >= 1"),
+    ],
+)
+def test_bad_data_settings(wikitext_dir, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        wikitext(wikitext_dir, **kwargs)
+
+
+def test_no_source_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("PRUNE_RECOVER_WIKITEXT2", raising=False)
+    with pytest.raises(ValueError, match="no data source"):
+        CausalLMDataModule(byte_tokenizer())
+
+
+def test_hub_dataset_offline_names_the_alternatives(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data = CausalLMDataModule(
+        byte_tokenizer(), hub_dataset="prune-recover-tests/absent", hub_config="x", val_split="valid"
+    )
+    with pytest.raises(FileNotFoundError, match="Use data.wikitext_dir or data.files instead"):
+        data.token_ids("train")
+
+
+def write_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_json_documents_end_with_eos_and_stream_identically(tmp_path):
+    texts = [f"document number {i} " * (i % 5 + 1) for i in range(40)]
+    files = {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", texts)),
+        "valid": str(write_jsonl(tmp_path / "valid.jsonl", texts[:10])),
+        "test": str(write_jsonl(tmp_path / "test.jsonl", texts[10:20])),
+    }
+    data = CausalLMDataModule(byte_tokenizer(), files=files, block_size=16, batch_size=4)
+    ids = data.token_ids("train")
+    eos = data.tokenizer.eos_token_id
+    assert (ids == eos).sum() == 39 and ids[-1] != eos  # between documents only
+    first = data.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert ids[: len(first) + 1].tolist() == first + [eos]
+    in_memory = torch.cat([b["input_ids"] for b in data.train_dataloader()])
+    assert in_memory.shape[1] == 16 and in_memory.shape[0] == (ids.numel() + 1) // 64 * 4  # whole batches only
+
+    calibration = {"num_samples": 2, "seq_len": 16, "seed": None}
+    streaming = CausalLMDataModule(
+        byte_tokenizer(), files=files, block_size=16, batch_size=4, streaming=True, calibration=calibration
+    )
+    streamed = torch.cat([b["input_ids"] for b in streaming.train_dataloader()]).flatten()
+    packed = torch.cat([ids, torch.tensor([eos])])  # training rows all end with EOS
+    assert torch.equal(streamed, packed[: packed.numel() // 16 * 16])  # all 40 rows fit one packing batch
+    assert torch.equal(streaming.calibration_batches()[0].flatten(), ids[:32])
+
+
+def test_tokenized_rows_are_cached_by_the_dataset_fingerprint(tmp_path):
+    import datasets
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(" = Title = \n hello world \n")
+    rows = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
+    tokenizer = byte_tokenizer()
+    first = tokenize_rows(rows, tokenizer)
+    assert torch.equal(concatenated_ids(first), file_ids(path, tokenizer))
+    again = tokenize_rows(rows, byte_tokenizer())
+    assert again.cache_files == first.cache_files and first.cache_files  # read back from the map cache
+
+
+def test_training_corpus_with_wikitext_for_validation_and_test(tmp_path, wikitext_dir):
+    train = write_jsonl(tmp_path / "train.jsonl", [f"pretraining document {i}" for i in range(200)])
+    data = CausalLMDataModule(
+        byte_tokenizer(), files={"train": str(train)}, eval_from={"wikitext_dir": str(wikitext_dir)}, block_size=32
+    )
+    assert data.describe_split("train") == str(train)
+    assert data.describe_split("test").endswith("wiki.test.raw")
+    assert torch.equal(data.token_ids("valid"), file_ids(wikitext_dir / "wiki.valid.raw", data.tokenizer))
+    assert next(iter(data.train_dataloader()))["input_ids"].shape == (4, 32)

@@ -1,0 +1,158 @@
+"""Multi-process runs on CPU: real DDP with gloo, SLURM launch with a local stand-in for srun, sweeps."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from prune_recover.jobs.configs import register_resolvers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_two_rank_ddp_prunes_identically_mid_training_and_keeps_learning(wikitext_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "tests/training/ddp_worker.py", str(tmp_path), str(wikitext_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["shape"] == ranks[1]["shape"] == [64, 3, 3]
+    assert ranks[0]["digest"] == ranks[1]["digest"], "ranks ended with different weights"
+    assert [e["step"] for e in ranks[0]["events"]] == [4, 8]
+    rank_local = {"seconds", "train_loss"}  # wall time and the rank's own batch loss
+    decisions = [[{k: v for k, v in e.items() if k not in rank_local} for e in r["events"]] for r in ranks]
+    assert decisions[0] == decisions[1]
+    for rank in ranks:
+        after_event = rank["losses"][8:]
+        assert sum(after_event[-5:]) / 5 < sum(after_event[:5]) / 5, "loss stopped decreasing after pruning"
+
+
+FAKE_SRUN = """#!/bin/bash
+# Stand-in for srun on one node: start SLURM_NTASKS local copies of the command, each with its task ids.
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 "$@" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+
+
+def fake_slurm_env(tmp_path, job_id: str, tasks: int) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.log\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "MASTER_", "WANDB_RUN"))}
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        SLURM_JOB_ID=job_id,
+        SLURM_JOB_NAME="prune_recover",
+        SLURM_NTASKS=str(tasks),
+        SLURM_NTASKS_PER_NODE=str(tasks),
+        SLURM_NNODES="1",
+        SLURM_NODELIST="localhost",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        PRUNE_RECOVER_OUTPUT_ROOT=str(tmp_path / "outputs"),
+        WANDB_MODE="offline",
+    )
+    return env
+
+
+def cpu_overrides(wikitext_dir) -> list[str]:
+    from tests.test_train_cli import tiny_overrides
+
+    dropped = ("output_dir=", "trainer=")
+    return [o for o in tiny_overrides(wikitext_dir, "unused") if not o.startswith(dropped)] + [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "logger=csv",
+    ]
+
+
+def test_train_sbatch_runs_under_a_slurm_environment_with_two_tasks(wikitext_dir, tmp_path):
+    env = fake_slurm_env(tmp_path, "4242", tasks=2)
+    result = subprocess.run(
+        ["bash", "slurm/train.sbatch", "recipe=smollm2_demo", *cpu_overrides(wikitext_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "outputs" / "slurm-4242" / "pruning_report.json").read_text())
+    assert report["recovery"]["cluster_environment"] == "SLURMEnvironment"
+    assert report["recovery"]["world_size"] == 2
+    assert report["config"]["run_id"] == "slurm-4242"
+    assert report["final"]["intermediate_size"] == 77
+
+
+def test_every_sbatch_file_parses():
+    for script in sorted((REPO / "slurm").glob("*.sbatch")):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        text = script.read_text()
+        assert "srun" in text and "lr=" not in text and "max_steps" not in text  # no hyperparameters here
+
+
+def sweep_commands(path: Path) -> list[list[str]]:
+    """The argument lists a W&B agent would run for a grid sweep (`${args_no_hyphens}` expanded)."""
+    sweep = yaml.safe_load(path.read_text())
+    names = list(sweep["parameters"])
+    grid = itertools.product(*(sweep["parameters"][name]["values"] for name in names))
+    commands = []
+    for values in grid:
+        args = [f"{name}={value}" for name, value in zip(names, values, strict=True)]
+        command = []
+        for part in sweep["command"]:
+            command += args if part == "${args_no_hyphens}" else [part]
+        commands.append(command)
+    return commands
+
+
+@pytest.mark.parametrize("sweep", sorted(p.name for p in (REPO / "configs" / "sweep").glob("*.yaml")))
+def test_every_sweep_command_composes(sweep):
+    path = REPO / "configs" / "sweep" / sweep
+    spec = yaml.safe_load(path.read_text())
+    assert spec["program"] == "train.py" and spec["metric"]["name"]
+    register_resolvers()
+    commands = sweep_commands(path)
+    assert len(commands) == len(list(itertools.product(*(p["values"] for p in spec["parameters"].values()))))
+    groups = set()
+    for command in commands:
+        assert command[:3] == ["${env}", "python", "${program}"]
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=command[3:])
+        for override in command[3:]:
+            key, value = override.split("=", 1)
+            if key == "recovery":
+                assert cfg.recovery.method == value
+            elif key not in ("recipe",):
+                assert str(OmegaConf_select(cfg, key)).lower() == value.lower()
+        groups.add(cfg.recipe_name)
+        assert cfg.logger.wandb.offline is False
+    assert len(groups) == 1, "runs of one sweep must share a W&B group"
+
+
+def OmegaConf_select(cfg, key):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key)
