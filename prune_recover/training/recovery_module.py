@@ -10,7 +10,6 @@ torchmetrics `SumMetric`s, so their reduction across ranks is the library's.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import partial
@@ -33,18 +32,6 @@ METHODS = ("full", "lora", "cpt_then_lora")
 ARCHITECTURE_KEYS = ("intermediate_size", "num_hidden_layers", "layer_types", "hidden_size", "vocab_size")
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1):
-    """Linear warmup to the base LR, then cosine decay to `min_lr_ratio` of it at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 class RecoveryModule(L.LightningModule):
     """Causal-LM training with cross-entropy and optional distillation.
 
@@ -55,7 +42,8 @@ class RecoveryModule(L.LightningModule):
         lora: `LoraSettings` fields.
         distill: `DistillSettings` fields; alpha > 0 keeps a frozen copy of `model` as teacher.
         optimizer: Factory `params -> Optimizer` (a Hydra `_partial_` node).
-        scheduler: Factory `(optimizer, total_steps) -> LR scheduler` stepped every optimizer step, or None.
+        scheduler: Factory `(optimizer, num_training_steps=...) -> LR scheduler` stepped every optimizer step
+            (e.g. transformers' `get_cosine_with_min_lr_schedule_with_warmup` as a `_partial_` node), or None.
         weight_decay_norms_and_biases: Apply weight decay to 1-D parameters too (usually not).
         gradient_checkpointing: Recompute activations in backward to save memory.
         lora_from_step: For `cpt_then_lora`: the optimizer step at which LoRA replaces full training.
@@ -212,7 +200,7 @@ class RecoveryModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         if self.method == "cpt_then_lora":
             total = total - self.lora_from_step if lora_stage else self.lora_from_step
-        scheduler = self.scheduler_factory(optimizer, total_steps=max(1, total))
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=max(1, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

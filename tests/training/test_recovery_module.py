@@ -4,10 +4,11 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from prune_recover.models import tiny_random
 from prune_recover.pruning.surgery import prune_mlp_neurons
-from prune_recover.training.recovery_module import RecoveryModule, warmup_cosine
+from prune_recover.training.recovery_module import RecoveryModule
 from prune_recover.training.recovery_settings import DistillSettings
 from tests.conftest import tiny_data, tiny_trainer
 
@@ -19,7 +20,11 @@ def adam(lr=3e-3):
 def test_full_recovery_lowers_the_loss_with_a_real_trainer(wikitext_dir, tmp_path):
     data = tiny_data(wikitext_dir)
     model, _ = tiny_random("llama")
-    module = RecoveryModule(model, optimizer=adam(), scheduler=partial(warmup_cosine, warmup_steps=2))
+    module = RecoveryModule(
+        model,
+        optimizer=adam(),
+        scheduler=partial(get_cosine_with_min_lr_schedule_with_warmup, num_warmup_steps=2, min_lr_rate=0.1),
+    )
     trainer = tiny_trainer(tmp_path, max_steps=30, val_check_interval=30)
     before = trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
     trainer.fit(module, datamodule=data)
@@ -94,15 +99,23 @@ def test_bad_recovery_settings(kwargs, message):
         RecoveryModule(tiny_random("llama")[0], **kwargs)
 
 
-def test_warmup_cosine_schedule_shape():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine(optimizer, total_steps=12, warmup_steps=2, min_lr_ratio=0.1)
-    lrs = []
-    for _ in range(13):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[:3] == [0.5, 1.0, 1.0] and math.isclose(lrs[12], 0.1) and lrs == lrs[:2] + sorted(lrs[2:], reverse=True)
+class LearningRates(__import__("lightning").Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_the_scheduler_spans_the_run_warmup_then_cosine_to_the_floor(wikitext_dir, tmp_path):
+    schedule = partial(get_cosine_with_min_lr_schedule_with_warmup, num_warmup_steps=2, min_lr_rate=0.1)
+    module = RecoveryModule(tiny_random("llama")[0], optimizer=adam(lr=1.0), scheduler=schedule)
+    seen = LearningRates()
+    tiny_trainer(tmp_path, callbacks=[seen], max_steps=12).fit(module, datamodule=tiny_data(wikitext_dir))
+    assert seen.lrs[:3] == [0.0, 0.5, 1.0]  # num_training_steps is the run's 12 steps
+    assert seen.lrs[2:] == sorted(seen.lrs[2:], reverse=True) and math.isclose(
+        seen.lrs[-1], 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 10))
+    )
 
 
 def test_checkpoint_of_a_pruned_model_rebuilds_the_shapes_on_load(tmp_path):
