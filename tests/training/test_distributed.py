@@ -156,3 +156,21 @@ def OmegaConf_select(cfg, key):
     from omegaconf import OmegaConf
 
     return OmegaConf.select(cfg, key)
+
+
+def test_validation_perplexity_under_two_process_ddp_equals_one_process(wikitext_dir, tmp_path):
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}.json"
+        result = subprocess.run(
+            [sys.executable, "tests/training/ddp_validation_worker.py", str(out), str(wikitext_dir), str(devices)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        results[devices] = json.loads(out.read_text())
+    # each rank sees 4 of the 8 blocks; torchmetrics sums NLL and tokens over both before the ratio
+    assert results[2]["val/ppl"] == pytest.approx(results[1]["val/ppl"], rel=1e-6)
+    assert results[2]["val/loss"] == pytest.approx(results[1]["val/loss"], rel=1e-6)
