@@ -8,13 +8,13 @@ import hydra
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from prune_recover.evaluation.evaluator import build_evaluator
-from prune_recover.jobs.configs import build, register_resolvers
+from prune_recover.jobs.configs import build, evaluator_for, register_resolvers
+from prune_recover.jobs.export import check_push_target
 from prune_recover.jobs.prune_and_recover import prune_and_recover
 from prune_recover.jobs.prune_only import prune_only
-from prune_recover.models import load_config, load_model
+from prune_recover.models import load_config, load_model, load_tokenizer
 
-RECOVERY_METHODS = ("none", "full", "lora", "cpt_then_lora")
+RECOVERY_METHODS = ("none", "full", "distill", "lora", "cpt_then_lora")
 register_resolvers()
 
 
@@ -28,34 +28,43 @@ def run(cfg: DictConfig) -> dict | None:
     data = build(cfg.data)
     if pruner is not None:
         pruner.plan(load_config(cfg.model.name))
-    run_info = {"model": cfg.model.name, "recipe": cfg.recipe_name, "config": OmegaConf.to_container(cfg, resolve=True)}
+    check_push_target(cfg.export.push_to_hub)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_info = {"model": cfg.model.name, "recipe": cfg.recipe_name, "command": command_line(), "config": config}
+    export_settings = dict(cfg.export)
     if cfg.recovery.method == "none":
         if pruner is None:
             raise ValueError("recovery=none with pruning=none does nothing; enable pruning or recovery")
-        model, tokenizer = load_model(**cfg.model)
+        tokenizer = load_tokenizer(cfg.model.name)
         data.set_tokenizer(tokenizer)
-        evaluator = evaluator_for(cfg, data, tokenizer)
-        return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info)
+        evaluator = evaluator_for(cfg, data, tokenizer)  # reads and checks every text and task first
+        model, _ = load_model(**cfg.model)
+        return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info, export_settings)
 
     callbacks = {name: node for name, node in cfg.callbacks.items() if name != "pruning"}
     pruning = build(cfg.callbacks.pruning, pruner=pruner)
     loggers = [build(node) for node in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
-    model, tokenizer = load_model(**cfg.model)
+    tokenizer = load_tokenizer(cfg.model.name)
     data.set_tokenizer(tokenizer)
-    pruning.evaluator = evaluator_for(cfg, data, tokenizer)
+    pruning.evaluator = evaluator_for(cfg, data, tokenizer)  # reads and checks every text and task first
+    model, _ = load_model(**cfg.model)
     module = build(cfg.recovery.module, model=model)
     for logger in loggers:
         logger.log_hyperparams(run_info["config"])
     return prune_and_recover(
-        trainer, module, data, tokenizer, pruning, pruning.evaluator, cfg.output_dir, cfg.ckpt_path, run_info
-    )
+        trainer, module, data, tokenizer, pruning, pruning.evaluator, cfg.output_dir, cfg.ckpt_path, run_info,
+        export_settings,
+    )  # fmt: skip
 
 
-def evaluator_for(cfg: DictConfig, data, tokenizer):
-    """The `eval` node's evaluator on the data module's test split."""
-    test = data.test_split
-    return build_evaluator(data.token_ids(test), tokenizer, data.local_file(test), **cfg.eval)
+def command_line() -> str | None:
+    """`python train.py <overrides>` as it was run (None outside a Hydra run, e.g. in tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return " ".join(["python train.py", *HydraConfig.get().overrides.task])
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

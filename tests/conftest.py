@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prune_recover.models import tiny_random
+from prune_recover.tiny_models import byte_tokenizer, tiny_random
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT2_DIR = Path(os.environ.get("PRUNE_RECOVER_WIKITEXT2", REPO.parent / "shared" / "data" / "wikitext-2-raw"))
@@ -45,7 +45,6 @@ def token_batches(count: int = 3, batch: int = 2, seq_len: int = 32, seed: int =
 
 def tiny_data(wikitext_dir, **kwargs):
     """WikiText-2 valid as training data for a tiny model: 64-token blocks, a few calibration windows."""
-    from prune_recover.models import byte_tokenizer
     from prune_recover.training.datamodule import CausalLMDataModule
 
     settings = dict(

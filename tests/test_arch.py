@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from prune_recover.arch import FAMILIES, UnsupportedModelError, decoder_blocks, family_of, gated_mlps, unwrap
-from prune_recover.models import tiny_random
+from prune_recover.tiny_models import tiny_random
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -12,8 +12,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from prune_recover.models import tiny_random
 from prune_recover.pruning.pruner import Pruner
+from prune_recover.tiny_models import tiny_random
 from prune_recover.training.distributed import DecoderBlockFSDP
 from prune_recover.training.guards import FiniteLossGuard, NonFiniteLossError
 from prune_recover.training.pruning_callback import PruningCallback

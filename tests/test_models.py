@@ -8,13 +8,12 @@ from transformers import AutoModelForCausalLM, GPT2Config
 from prune_recover.arch import UnsupportedModelError
 from prune_recover.models import (
     UnknownModelError,
-    byte_tokenizer,
     load_config,
     load_model,
     resolve_source,
     save_pretrained_atomic,
-    tiny_random,
 )
+from prune_recover.tiny_models import byte_tokenizer, tiny_random
 
 
 def test_unknown_name_lists_what_is_accepted():

@@ -33,10 +33,10 @@ def test_maw_40_percent_keeps_the_formula_neurons_and_the_published_count():
 
 def test_smollm2_beats_chance_on_the_local_cloze_task(wikitext_dir, monkeypatch):
     pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
-    from prune_recover.evaluation.tasks import TaskEvaluator, build_local_tasks
+    from prune_recover.evaluation.tasks import build_task_evaluator
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_model("smollm2-135m")
-    folder = build_local_tasks(wikitext_dir / "wiki.test.raw")
-    scores = TaskEvaluator(tokenizer, ["wikitext2_cloze"], folder, limit=40, batch_size=8)(model)
+    test_file = wikitext_dir / "wiki.test.raw"
+    scores = build_task_evaluator(tokenizer, ["wikitext2_cloze"], wikitext_test=test_file, limit=40)(model)["tasks"]
     assert scores["wikitext2_cloze"]["acc"] >= 0.5  # chance is 0.25

@@ -70,7 +70,7 @@ def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext
     assert sum(p.numel() for p in model.parameters()) == saved["final"]["params"]
     text = (Path(wikitext_dir) / "wiki.test.raw").read_text(encoding="utf-8")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
-    reloaded_ppl = Evaluator(ids, seq_lens=[64, 128], max_windows=3)(model)
+    reloaded_ppl = Evaluator({"test": ids}, seq_lens=[64, 128], max_windows=3)(model)
     assert reloaded_ppl[64] == pytest.approx(saved["final"]["ppl"], rel=1e-5)
 
 

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prune_recover.data.tokens import joined_ids
+
 WIKITEXT2_ENV = "PRUNE_RECOVER_WIKITEXT2"
 WIKITEXT2_FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.raw", "test": "wiki.test.raw"}
 STRUCTURED = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -86,7 +88,11 @@ class Source:
     def describe(self, split: str) -> str:
         """The files (or hub dataset and split) behind `split`, for reports."""
         if self.is_local:
-            return ", ".join(str(p) for p in self.files[split])
+            files = self.files[split]
+            if len(files) <= 2:
+                return ", ".join(str(p) for p in files)
+            root = Path(os.path.commonpath([str(p) for p in files]))
+            return f"{len(files)} files in {root}: " + ", ".join(str(p.relative_to(root)) for p in files)
         return f"{self.hub_path}/{self.hub_name}:{HUB_SPLITS.get(split, split)}"
 
     def rows(self, split: str, streaming: bool = False):
@@ -125,3 +131,13 @@ class Source:
                 f"could not load hub dataset {self.hub_path}/{self.hub_name} split '{split}' "
                 f"(offline, or not in the local datasets cache): {error}. Use data.wikitext_dir or data.files instead."
             ) from error
+
+
+def text_file_ids(paths: str | Path | list, tokenizer, separator: str = "eos"):
+    """The ids of one plain-text domain: each file read as one string, files joined by the separator.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+    """
+    files = [paths] if isinstance(paths, str | Path) else list(paths)
+    return joined_ids(Source.resolve(files={"text": files}).rows("text"), tokenizer, separator)

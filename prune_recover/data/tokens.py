@@ -39,6 +39,15 @@ def concatenated_ids(tokenized) -> torch.Tensor:
     return torch.cat([torch.as_tensor(row, dtype=torch.long) for row in rows])
 
 
+def joined_ids(rows, tokenizer: PreTrainedTokenizerBase, separator: str = "none") -> torch.Tensor:
+    """The ids of a map-style dataset of rows, joined by the separator (between rows only).
+
+    A split of one plain-text file is thus exactly its text tokenized in one piece, nothing added.
+    """
+    ids = concatenated_ids(tokenize_rows(rows, tokenizer, separator))
+    return ids[:-1] if separator == "eos" and ids.numel() else ids
+
+
 def windows(ids: torch.Tensor, seq_len: int, count: int | None = None, seed: int | None = None) -> torch.Tensor:
     """Non-overlapping windows of `seq_len` tokens, shape `[count, seq_len]`.
 

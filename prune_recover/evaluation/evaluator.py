@@ -1,88 +1,126 @@
 """What a run measures on a model before pruning, after each event and at the end.
 
-`Evaluator` scores perplexity at every configured window length (the first one is the headline
-figure) and, when tasks are configured, runs lm-eval tasks on the in-memory model.
+`Evaluator` scores perplexity on named text domains (the test split first: its first window length is
+the headline figure) at every configured window length and, when tasks are configured, runs lm-eval
+tasks on the in-memory model (before pruning and at the end only: they take minutes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from prune_recover.data.sources import text_file_ids
 from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
 from prune_recover.evaluation.perplexity import __doc__ as PROTOCOL_DOC
 from prune_recover.evaluation.report import model_summary
 
 
 class Evaluator:
-    """Perplexity on one token stream under one protocol per sequence length, plus optional tasks.
+    """Perplexity on several token streams under one protocol per sequence length, plus optional tasks.
 
     Args:
-        ids: 1-D token ids of the evaluation split.
+        domains: `{name: 1-D token ids}`; the first is the headline domain (the test split).
         seq_lens: Window lengths to report, e.g. `[128, 1024]`; the first is the headline figure.
         max_windows: Score only the first this many windows per length; None scores all.
         batch_size: Windows per forward pass.
-        tasks: Callable `model -> {task: {metric: value}}` (lm-eval), run by `summary`.
+        tasks: Callable `model -> {"tasks": ..., "average": ...}` (lm-eval), run by `summary`.
+        task_limit: Items per task the tasks were limited to (recorded in `describe`).
     """
 
     def __init__(
         self,
-        ids: torch.Tensor,
+        domains: Mapping[str, torch.Tensor],
         seq_lens: list[int] | tuple[int, ...] = (1024,),
         max_windows: int | None = None,
         batch_size: int = 1,
         tasks: Callable[[nn.Module], dict] | None = None,
+        task_limit: int | None = None,
     ):
         if not seq_lens:
             raise ValueError("eval.seq_lens must name at least one window length")
-        self.ids = ids
+        if len(domains) == 0:
+            raise ValueError("the evaluator needs at least one text domain")
+        self.domains = dict(domains)
         self.tasks = tasks
+        self.task_limit = task_limit
         self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size) for n in seq_lens]
-        for protocol in self.protocols:
-            if ids.numel() < protocol.seq_len:
-                raise ValueError(f"the evaluation text has {ids.numel()} tokens, fewer than seq_len {protocol.seq_len}")
+        longest = max(p.seq_len for p in self.protocols)
+        for name, ids in self.domains.items():
+            if ids.numel() < longest:
+                raise ValueError(
+                    f"the evaluation text '{name}' has {ids.numel()} tokens, fewer than one window of {longest} "
+                    "(eval.seq_lens); give a longer text or shorter windows"
+                )
+
+    @property
+    def headline(self) -> str:
+        """The domain whose first-length perplexity is the run's `ppl`."""
+        return next(iter(self.domains))
+
+    def perplexities(self, model: nn.Module) -> dict[str, dict[int, float]]:
+        """`{domain: {seq_len: perplexity}}` for every domain and configured length."""
+        return {
+            name: {p.seq_len: perplexity(model, ids, p).ppl for p in self.protocols}
+            for name, ids in self.domains.items()
+        }
 
     def __call__(self, model: nn.Module) -> dict[int, float]:
-        """`{seq_len: perplexity}` for every configured length."""
-        return {p.seq_len: perplexity(model, self.ids, p).ppl for p in self.protocols}
+        """`{seq_len: perplexity}` on the headline domain only."""
+        return {p.seq_len: perplexity(model, self.domains[self.headline], p).ppl for p in self.protocols}
 
-    def summary(self, model: nn.Module) -> dict:
-        """Size, perplexity at every length, and the task scores when tasks are configured."""
-        return model_summary(model, self(model), self.tasks(model) if self.tasks else None)
+    def summary(self, model: nn.Module, tasks: bool = True) -> dict:
+        """Size, perplexity of every domain at every length, and the task scores when tasks are configured."""
+        by_domain = self.perplexities(model)
+        results = self.tasks(model) if tasks and self.tasks else None
+        return model_summary(model, by_domain, results)
 
     def describe(self) -> dict:
-        return {"protocols": [p.describe() for p in self.protocols], "description": PROTOCOL_DOC.strip()}
+        """The protocol, the domains and their sizes, and the task limit, for the report."""
+        return {
+            "protocols": [p.describe() for p in self.protocols],
+            "domains": {name: ids.numel() for name, ids in self.domains.items()},
+            "task_limit": self.task_limit if self.tasks else None,
+            "description": PROTOCOL_DOC.strip(),
+        }
 
 
 def build_evaluator(
     test_ids: torch.Tensor,
     tokenizer,
     test_file: str | Path | None = None,
+    test_name: str = "test",
+    texts: Mapping[str, str | list[str]] | None = None,
     seq_lens: list[int] | tuple[int, ...] = (1024,),
     max_windows: int | None = None,
     batch_size: int = 1,
     tasks: list[str] | tuple[str, ...] = (),
     task_limit: int | None = None,
     task_batch_size: int = 8,
+    zeroshot_dir: str | Path | None = None,
 ) -> Evaluator:
-    """The evaluator of the `eval` config node on the test split's ids.
+    """The evaluator of the `eval` config node; everything it reads is read and checked here, before weights load.
 
     Args:
-        test_file: The local WikiText-2 test file, from which the local tasks
-            (`prune_recover.evaluation.tasks.LOCAL_TASKS`) are built when they are asked for.
-        tasks: lm-eval task names, run on the model before pruning and at the end.
+        test_ids: Token ids of the data's test split (the headline domain, named `test_name`).
+        test_file: The local WikiText-2 test file, from which the local WikiText tasks are built.
+        texts: Extra domains `{name: path or [paths]}` of plain text (files of one domain are joined with EOS).
+        tasks: lm-eval task names (`zeroshot`, its tasks, the local WikiText tasks, lm-eval's own).
+        zeroshot_dir: Folder of the zero-shot suite's JSON lines.
     """
+    domains = {test_name: test_ids}
+    for name, paths in (texts or {}).items():
+        if name in domains:
+            raise ValueError(f"eval.texts: the domain name '{name}' is taken (the test split is '{test_name}')")
+        domains[name] = text_file_ids(paths, tokenizer)
     task_evaluator = None
     if tasks:
-        from prune_recover.evaluation.tasks import LOCAL_TASKS, TaskEvaluator, build_local_tasks
+        from prune_recover.evaluation.tasks import build_task_evaluator
 
-        include_path = None
-        if set(tasks) & set(LOCAL_TASKS):
-            if test_file is None:
-                raise ValueError(f"the local tasks {LOCAL_TASKS} are built from a local WikiText-2 test file")
-            include_path = build_local_tasks(test_file)
-        task_evaluator = TaskEvaluator(tokenizer, list(tasks), include_path, task_limit, task_batch_size)
-    return Evaluator(test_ids, seq_lens, max_windows, batch_size, task_evaluator)
+        task_evaluator = build_task_evaluator(
+            tokenizer, list(tasks), zeroshot_dir, test_file, task_limit, task_batch_size
+        )
+    return Evaluator(domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit)

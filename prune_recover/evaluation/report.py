@@ -15,18 +15,29 @@ from prune_recover.files import write_json_atomic
 from prune_recover.lm import count_parameters
 
 
-def model_summary(model: nn.Module, ppl: dict[int, float] | None = None, tasks: dict | None = None) -> dict:
-    """`{params, intermediate_size, num_layers, ppl, ppl_by_seq_len[, tasks]}`; `ppl` is the first length's figure."""
+def model_summary(
+    model: nn.Module, ppl_by_domain: dict[str, dict[int, float]] | None = None, tasks: dict | None = None
+) -> dict:
+    """Size, perplexities and task scores of a model, as the report stores them.
+
+    `ppl` and `ppl_by_seq_len` are the headline (first) domain's; `ppl_by_domain` holds every domain;
+    `tasks` and `task_average` come from `TaskEvaluator` when tasks ran.
+    """
     summary = {
         "params": count_parameters(model),
         "intermediate_size": unwrap(model).config.intermediate_size,
         "num_layers": len(decoder_blocks(model)),
     }
-    if ppl:
-        summary["ppl"] = next(iter(ppl.values()))
-        summary["ppl_by_seq_len"] = {str(seq_len): value for seq_len, value in ppl.items()}
+    if ppl_by_domain:
+        headline = next(iter(ppl_by_domain.values()))
+        summary["ppl"] = next(iter(headline.values()))
+        summary["ppl_by_seq_len"] = {str(seq_len): value for seq_len, value in headline.items()}
+        summary["ppl_by_domain"] = {
+            name: {str(seq_len): value for seq_len, value in by_len.items()} for name, by_len in ppl_by_domain.items()
+        }
     if tasks:
-        summary["tasks"] = tasks
+        summary["tasks"] = tasks["tasks"]
+        summary["task_average"] = tasks["average"]
     return summary
 
 

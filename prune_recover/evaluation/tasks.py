@@ -1,110 +1,75 @@
-"""lm-evaluation-harness on the in-memory model, offline, plus two multiple-choice tasks built locally.
+"""lm-evaluation-harness on the in-memory model, offline: the zero-shot suite and the local WikiText-2 tasks.
 
-Needs the optional extra: `pip install -e ".[eval]"`. `TaskEvaluator` hands the model object and
-its tokenizer to lm-eval's `HFLM` (no reload from disk, so a pruned or LoRA-merged model is
-evaluated as it is) and resolves task names through a `TaskManager` whose `include_path` holds
-task YAMLs that read local files only.
-
-Local tasks, generated from the WikiText-2 **test** split (evaluation only, never trained on):
-- `wikitext2_cloze`: a paragraph's first 30 words; choose its true next 10 words among 4
-  (3 distractors are 10-word spans of paragraphs from other articles). Chance: 25%.
-- `wikitext2_title`: a paragraph's first 40 words; choose the title of its article among 4. Chance: 25%.
+Needs the optional extra: `pip install -e ".[eval]"`. `TaskEvaluator` hands the model object and its
+tokenizer to lm-eval's `HFLM` (no reload from disk, so a pruned or LoRA-merged model is evaluated as it
+is) and resolves task names through a `TaskManager` whose include paths hold task YAMLs that read local
+files only:
+- `zeroshot` (a group) or any of its tasks: ARC-Easy, ARC-Challenge, PIQA, WinoGrande, BoolQ, OpenBookQA
+  and LAMBADA (OpenAI) from the JSON lines in `eval.zeroshot_dir` (the YAMLs in `zeroshot_tasks/` follow
+  lm-eval's own templates and metrics for each task);
+- `wikitext2_cloze`, `wikitext2_title` (see `wikitext_tasks.py`).
+Results keep each task's metrics with their standard errors and item counts, and the suite average of
+each task's headline metric (`HEADLINE`: acc_norm for ARC-Challenge and OpenBookQA, acc elsewhere, as
+LLM-Pruner and Shortened LLaMA report them).
 """
 
 from __future__ import annotations
 
-import json
-import random
-import re
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from torch import nn
 
+from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
 from prune_recover.files import cache_root
 from prune_recover.lm import eval_mode, model_device
 
-LOCAL_TASKS = ("wikitext2_cloze", "wikitext2_title")
-_TITLE = re.compile(r"^ = ([^=].*?) = $")
-
-_TASK_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
+ZEROSHOT_GROUP = "zeroshot"
+ZEROSHOT_ENV = "PRUNE_RECOVER_ZEROSHOT"
+# task -> (file in the zero-shot folder, headline metric averaged over the suite)
+ZEROSHOT_TASKS = {
+    "arc_easy": ("arc_easy.jsonl", "acc"),
+    "arc_challenge": ("arc_challenge.jsonl", "acc_norm"),
+    "piqa": ("piqa.jsonl", "acc"),
+    "winogrande": ("winogrande.jsonl", "acc"),
+    "boolq": ("boolq.jsonl", "acc"),
+    "openbookqa": ("openbook_qa.jsonl", "acc_norm"),
+    "lambada_openai": ("lambada_openai.jsonl", "acc"),
+}
+HEADLINE = {name: metric for name, (_, metric) in ZEROSHOT_TASKS.items()}
+PREFIX = "zeroshot_"  # the suite's lm-eval task names, apart from lm-eval's hub-backed tasks of the same name
 
 
-def _articles(text: str) -> list[tuple[str, list[list[str]]]]:
-    """(title, paragraphs as word lists) for every article of a WikiText raw file."""
-    articles: list[tuple[str, list[list[str]]]] = []
-    for line in text.splitlines():
-        title = _TITLE.match(line)
-        if title:
-            articles.append((title.group(1).strip(), []))
-        elif articles and not line.strip().startswith("=") and len(line.split()) >= 45:
-            articles[-1][1].append(line.split())
-    return [(title, paragraphs) for title, paragraphs in articles if paragraphs]
+def zeroshot_include_path(data_dir: str | Path) -> Path:
+    """Write the suite's task YAMLs, pointed at `data_dir`, into the cache and return that folder.
 
-
-def build_local_tasks(wikitext_test: str | Path, num_items: int = 200, seed: int = 0) -> Path:
-    """Write the local tasks' data and YAMLs (once, into the cache) and return their include path."""
-    source = Path(wikitext_test)
-    if not source.is_file():
-        raise FileNotFoundError(f"WikiText-2 test file not found: {source}")
-    folder = cache_root() / "lm_eval_tasks" / f"{source.stat().st_size}-{num_items}-{seed}"
-    if all((folder / f"{name}.yaml").is_file() for name in LOCAL_TASKS):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    articles = _articles(source.read_text(encoding="utf-8"))
-    if len(articles) < 4:
-        raise ValueError(f"{source} holds {len(articles)} usable articles; the local tasks need at least 4")
-    rng = random.Random(seed)
-    items = {"wikitext2_cloze": [], "wikitext2_title": []}
-    for _ in range(num_items):
-        index = rng.randrange(len(articles))
-        title, paragraphs = articles[index]
-        words = rng.choice(paragraphs)
-        others = rng.sample([a for i, a in enumerate(articles) if i != index], 3)
-        distractor_spans = []
-        for _, other_paragraphs in others:
-            other = rng.choice(other_paragraphs)
-            start = rng.randrange(0, len(other) - 10)
-            distractor_spans.append(" " + " ".join(other[start : start + 10]))
-        items["wikitext2_cloze"].append(
-            _item(" ".join(words[:30]), " " + " ".join(words[30:40]), distractor_spans, rng)
+    Raises:
+        FileNotFoundError: a file of the suite is missing from `data_dir`.
+    """
+    folder = Path(data_dir).expanduser().resolve()
+    missing = [name for name, _ in ZEROSHOT_TASKS.values() if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the zero-shot suite needs {missing} in {folder} (eval.zeroshot_dir or ${ZEROSHOT_ENV}); "
+            "see ../shared/data/zero-shot/README.md for the files"
         )
-        items["wikitext2_title"].append(
-            _item(
-                " ".join(words[:40]) + "\nThis passage is from the article titled:",
-                " " + title,
-                [" " + t for t, _ in others],
-                rng,
-            )
-        )
-    for name, rows in items.items():
-        data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        (folder / f"{name}.yaml").write_text(_TASK_YAML.format(name=name, data=json.dumps(str(data))))
-    return folder
+    templates = resources.files("prune_recover.evaluation") / "zeroshot_tasks"
+    key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    out = cache_root() / "lm_eval_tasks" / f"zeroshot-{key}"
+    out.mkdir(parents=True, exist_ok=True)
+    for template in templates.iterdir():
+        if template.name.endswith(".yaml"):
+            (out / template.name).write_text(template.read_text().replace("__ZEROSHOT_DIR__", str(folder)))
+    return out
 
 
-def _item(context: str, answer: str, distractors: list[str], rng: random.Random) -> dict:
-    choices = [answer, *distractors]
-    rng.shuffle(choices)
-    return {"context": context, "choices": choices, "label": choices.index(answer)}
+def task_average(results: dict[str, dict]) -> float | None:
+    """Mean of the headline metric over the suite's tasks present in `results` (None if none is)."""
+    values = [results[name][HEADLINE[name]] for name in HEADLINE if name in results]
+    return sum(values) / len(values) if values else None
 
 
 @dataclass
@@ -113,39 +78,85 @@ class TaskEvaluator:
 
     Attributes:
         tokenizer: The model's tokenizer.
-        tasks: Task names (lm-eval's own, if their data is available offline, or `LOCAL_TASKS`).
-        include_path: Folder of extra task YAMLs (e.g. from `build_local_tasks`).
-        limit: Evaluate only the first this many items per task.
+        tasks: Task or group names: `zeroshot` or its tasks, `wikitext2_cloze`, `wikitext2_title`, or
+            lm-eval's own tasks when their data is in the local datasets cache.
+        include_paths: Folders of extra task YAMLs (`zeroshot_include_path`, `build_local_tasks`).
+        limit: Evaluate only the first this many items per task (None = all).
         batch_size: Requests per forward pass.
     """
 
     tokenizer: object
     tasks: list[str]
-    include_path: str | Path | None = None
+    include_paths: list[Path] = field(default_factory=list)
     limit: int | None = None
     batch_size: int = 8
 
-    def __call__(self, model: nn.Module) -> dict[str, dict[str, float]]:
-        """`{task: {metric: value}}` (accuracy metrics; stderr dropped)."""
+    def task_manager(self):
+        """lm-eval's TaskManager with the include paths; raises for a task name it does not know."""
         try:
-            from lm_eval import simple_evaluate
-            from lm_eval.models.huggingface import HFLM
             from lm_eval.tasks import TaskManager
         except ImportError as error:
             raise ImportError('lm-eval tasks need the optional extra: pip install -e ".[eval]"') from error
+        manager = TaskManager(include_path=[str(p) for p in self.include_paths] or None)
+        known = set(manager.all_tasks)
+        unknown = [name for name in self.lm_eval_names() if name not in known]
+        if unknown:
+            local = [ZEROSHOT_GROUP, *ZEROSHOT_TASKS, *LOCAL_TASKS]
+            raise ValueError(
+                f"eval.tasks: unknown task(s) {unknown}; offline choices: {local} (or lm-eval's own tasks)"
+            )
+        return manager
+
+    def lm_eval_names(self) -> list[str]:
+        """The names handed to lm-eval (the suite's tasks carry the `zeroshot_` prefix)."""
+        return [PREFIX + name if name in ZEROSHOT_TASKS else name for name in self.tasks]
+
+    def __call__(self, model: nn.Module) -> dict:
+        """`{"tasks": {task: {metric: value, metric_stderr: value, "items": n}}, "average": suite mean or None}`."""
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        manager = self.task_manager()
         with eval_mode(model):
             lm = HFLM(
                 pretrained=model, tokenizer=self.tokenizer, device=str(model_device(model)), batch_size=self.batch_size
             )
-            manager = TaskManager(include_path=str(self.include_path) if self.include_path else None)
             output = simple_evaluate(
-                model=lm, tasks=list(self.tasks), task_manager=manager, limit=self.limit, log_samples=False
+                model=lm, tasks=self.lm_eval_names(), task_manager=manager, limit=self.limit, log_samples=False
             )
-        return {
-            task: {
-                key.split(",")[0]: value
-                for key, value in metrics.items()
-                if isinstance(value, float) and "stderr" not in key
-            }
-            for task, metrics in output["results"].items()
-        }
+        results = {}
+        for name, metrics in output["results"].items():
+            if name == ZEROSHOT_GROUP or not any(isinstance(v, float) for v in metrics.values()):
+                continue  # a group's own row holds no scores
+            scores = {key.split(",")[0]: value for key, value in metrics.items() if isinstance(value, float)}
+            scores["items"] = output["n-samples"][name]["effective"]
+            results[name.removeprefix(PREFIX)] = scores
+        return {"tasks": results, "average": task_average(results)}
+
+
+def build_task_evaluator(
+    tokenizer,
+    tasks: list[str],
+    zeroshot_dir: str | Path | None = None,
+    wikitext_test: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+) -> TaskEvaluator:
+    """A `TaskEvaluator` with the include paths its tasks need, checked now (before any weights load).
+
+    Raises:
+        FileNotFoundError: the zero-shot files or the WikiText-2 test file are missing.
+        ValueError: a task name lm-eval does not know, or a bad limit.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"eval.task_limit must be a positive number of items per task or null, got {limit}")
+    include_paths = []
+    if set(tasks) & {ZEROSHOT_GROUP, *ZEROSHOT_TASKS}:
+        include_paths.append(zeroshot_include_path(zeroshot_dir or os.environ.get(ZEROSHOT_ENV, "")))
+    if set(tasks) & set(LOCAL_TASKS):
+        if wikitext_test is None:
+            raise ValueError(f"the local tasks {LOCAL_TASKS} are built from a local WikiText-2 test file")
+        include_paths.append(build_local_tasks(wikitext_test))
+    evaluator = TaskEvaluator(tokenizer, list(tasks), include_paths, limit, batch_size)
+    evaluator.task_manager()  # unknown names fail here
+    return evaluator

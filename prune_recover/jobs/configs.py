@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import sysconfig
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -22,9 +23,17 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def stdlib() -> str:
+    """The running interpreter's standard library folder: Python source code that every machine has."""
+    return sysconfig.get_paths()["stdlib"]
+
+
+RESOLVERS = {"stable_id": stable_id, "stderr_is_terminal": stderr_is_terminal, "stdlib": stdlib}
+
+
 def register_resolvers() -> None:
-    """Register the `${stable_id:...}` and `${stderr_is_terminal:}` resolvers used by the configs (idempotent)."""
-    for name, resolver in (("stable_id", stable_id), ("stderr_is_terminal", stderr_is_terminal)):
+    """Register the resolvers the configs use (`stable_id`, `stderr_is_terminal`, `stdlib`); idempotent."""
+    for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
@@ -41,3 +50,11 @@ def build(node: Any, **kwargs: Any) -> Any:
         if error.__cause__ is not None:
             raise error.__cause__ from None
         raise
+
+
+def evaluator_for(cfg, data, tokenizer):
+    """The `eval` node's evaluator on the data module's test split: every text and task is read and checked here."""
+    from prune_recover.evaluation.evaluator import build_evaluator
+
+    test = data.test_split
+    return build_evaluator(data.token_ids(test), tokenizer, data.local_file(test), **cfg.eval)

@@ -10,11 +10,11 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_recover.evaluation.evaluator import Evaluator
 from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
-from prune_recover.evaluation.report import run_report, write_report
+from prune_recover.evaluation.report import run_report
+from prune_recover.jobs.export import export
 from prune_recover.logs import get_logger
-from prune_recover.models import save_pretrained_atomic
 from prune_recover.training.datamodule import CausalLMDataModule
-from prune_recover.training.loggers import set_wandb_summary
+from prune_recover.training.loggers import log_final
 from prune_recover.training.pruning_callback import PruningCallback
 from prune_recover.training.recovery_module import RecoveryModule
 
@@ -31,8 +31,12 @@ def prune_and_recover(
     output_dir: str | Path,
     ckpt_path: str | None = None,
     run_info: dict | None = None,
+    export_settings: dict | None = None,
 ) -> dict | None:
-    """Train with the pruning callback, then write `<output_dir>/final/` and `pruning_report.json`.
+    """Train with the pruning callback, then write `<output_dir>/final/` (with its card) and `pruning_report.json`.
+
+    Args:
+        export_settings: The `export` config node (`push_to_hub`, `private`).
 
     Returns:
         The report on global rank zero; None on other ranks or when training was interrupted.
@@ -67,10 +71,7 @@ def prune_and_recover(
             "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
         },
     )
-    for logger in trainer.loggers:
-        logger.log_metrics({"test/ppl": final["ppl"], "final/params": final["params"] / 1e6}, step=trainer.global_step)
-    set_wandb_summary(trainer, "model/params_exact", final["params"])
-    save_pretrained_atomic(model, tokenizer, output_dir / "final")
-    write_report(output_dir, report)
+    log_final(trainer, pruning.base, final)
+    export(model, tokenizer, output_dir, report, (run_info or {}).get("model", "model"), **(export_settings or {}))
     log.info("Final: %s", final)
     return report

@@ -9,9 +9,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prune_recover.evaluation.evaluator import Evaluator
-from prune_recover.evaluation.report import run_report, write_report
+from prune_recover.evaluation.report import run_report
+from prune_recover.jobs.export import export
 from prune_recover.logs import get_logger
-from prune_recover.models import save_pretrained_atomic
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.training.datamodule import CausalLMDataModule
 
@@ -26,8 +26,12 @@ def prune_only(
     evaluator: Evaluator,
     output_dir: str | Path,
     run_info: dict | None = None,
+    export_settings: dict | None = None,
 ) -> dict:
-    """Prune `model` once and write `<output_dir>/final/` and `<output_dir>/pruning_report.json`.
+    """Prune `model` once and write `<output_dir>/final/` (with its card) and `<output_dir>/pruning_report.json`.
+
+    Args:
+        export_settings: The `export` config node (`push_to_hub`, `private`).
 
     Returns:
         The report that was written.
@@ -38,7 +42,12 @@ def prune_only(
     batches = data.calibration_batches() if pruner.needs_calibration else []
     event = pruner.prune(model, batches).to_dict()
     final = evaluator.summary(model)
-    event.update(step=0, ppl_after=final["ppl"], ppl_after_by_seq_len=final["ppl_by_seq_len"])
+    event.update(
+        step=0,
+        ppl_after=final["ppl"],
+        ppl_after_by_seq_len=final["ppl_by_seq_len"],
+        ppl_after_by_domain=final["ppl_by_domain"],
+    )
     log.info("Pruned model: %s", final)
     report = run_report(
         run_info,
@@ -49,6 +58,5 @@ def prune_only(
         final=final,
         wall_seconds=time.perf_counter() - start,
     )
-    save_pretrained_atomic(model, tokenizer, Path(output_dir) / "final")
-    write_report(output_dir, report)
+    export(model, tokenizer, output_dir, report, (run_info or {}).get("model", "model"), **(export_settings or {}))
     return report

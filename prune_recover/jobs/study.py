@@ -192,15 +192,18 @@ def write_report(paths: list[Path], out: Path, wandb_project: str | None = None)
     (out / "report.md").write_text(text)
     write_json_atomic(out / "report.json", {"rows": table})
     if wandb_project:
-        log_to_wandb(table, images, wandb_project)
+        log_to_wandb(table, images, wandb_project, out)
     return out / "report.md"
 
 
-def log_to_wandb(table: list[dict], images: list[Path], project: str) -> None:
-    """Log the table and the plots to a new W&B run of `project` (job type `report`)."""
+def log_to_wandb(table: list[dict], images: list[Path], project: str, directory: Path) -> None:
+    """Log the table and the plots to a new W&B run of `project` (job type `report`), its files under `directory`."""
     import wandb
 
-    run = wandb.init(project=project, job_type="report", name="study-report", reinit=True)
+    # a run of this process (a training job's) is finished first, so this one gets its own directory and id
+    run = wandb.init(
+        project=project, job_type="report", name="study-report", dir=str(directory), reinit="finish_previous"
+    )
     columns = list(table[0])
     run.log(
         {

@@ -1,15 +1,16 @@
 """The LightningDataModule of recovery: token blocks to train and validate on, calibration windows, test ids.
 
-Text comes from a `Source` (local files, WikiText-2 folder or hub dataset, see `prune_recover.data`),
-is tokenized and packed with `Dataset.map`, and served as `{"input_ids": [batch, block_size]}`. When
-validation uses the training split, its last blocks are held out. With `streaming=True` the training
-split is read, tokenized and packed on the fly.
+Training text is a mixture of components (`prune_recover.data.mixture`): one, built from the top-level
+source fields, or several under `mixture` (e.g. WikiText-2 prose and Python code), each tokenized and
+packed with `Dataset.map` and interleaved by weight. Batches are `{"input_ids": [batch, block_size]}`.
+The test split always comes from the top-level source (or `eval_from`). With `streaming=True` the
+training split is read, tokenized and packed on the fly, each rank reading its own share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 
 import lightning as L
 import torch
@@ -18,35 +19,18 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from prune_recover.data.mixture import (
+    SINGLE,
+    CalibrationSpec,
+    Component,
+    calibration_windows,
+    check_unused,
+    component_from_config,
+    interleave,
+)
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
-from prune_recover.data.tokens import SEPARATORS, batched, concatenated_ids, tokenize_rows, windows
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """Calibration windows for data-driven pruning (`data.calibration`).
-
-    Attributes:
-        split: Split to draw from; null = the training split (its training part when `val_fraction` carves one).
-        num_samples: Number of windows.
-        seq_len: Tokens per window.
-        batch_size: Windows per forward pass.
-        seed: Windows drawn at random with this seed; null takes the first ones in order.
-    """
-
-    split: str | None = None
-    num_samples: int = 64
-    seq_len: int = 512
-    batch_size: int = 4
-    seed: int | None = 0
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.seq_len < 2 or self.batch_size < 1:
-            raise ValueError(
-                "data.calibration needs num_samples >= 1, seq_len >= 2 and batch_size >= 1, got "
-                f"{self.num_samples}, {self.seq_len}, {self.batch_size}"
-            )
+from prune_recover.data.tokens import batched, joined_ids, tokenize_rows, windows
 
 
 class CausalLMDataModule(L.LightningDataModule):
@@ -54,16 +38,12 @@ class CausalLMDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: The model's tokenizer (may be given later through `set_tokenizer`).
-        wikitext_dir: Local WikiText-2 folder; `$PRUNE_RECOVER_WIKITEXT2` is used when it is null
-            and no other source is set.
-        hub_dataset: Hugging Face dataset name (needs the hub or its local cache).
-        hub_config: Its configuration name.
-        files: `{split: path or [paths]}` of local files.
-        text_field: Column holding the text in structured files and hub datasets.
+        wikitext_dir, hub_dataset, hub_config, files, text_field: The top-level source (see `Source.resolve`);
+            `$PRUNE_RECOVER_WIKITEXT2` names a WikiText-2 folder when none is set.
         document_separator: `eos` ends every row with the EOS token; `none` joins rows as they are.
-        train_split: Split trained on.
+        train_split: Split trained on (without a mixture).
         val_split: Split validated on; when equal to `train_split`, `val_fraction` of it is held out.
-        test_split: Split perplexity is reported on; never trained or calibrated on.
+        test_split: Split perplexity is reported on; never trained, validated or calibrated on.
         val_fraction: Fraction of the training tokens held out (as the last blocks) for validation.
         block_size: Tokens per training sequence.
         batch_size: Sequences per batch (per device).
@@ -71,8 +51,11 @@ class CausalLMDataModule(L.LightningDataModule):
         streaming: Read the training split lazily (datasets streaming), packing blocks on the fly.
         num_workers: DataLoader workers.
         calibration: `CalibrationSpec` fields.
-        eval_from: Another source (`wikitext_dir`, `hub_dataset` + `hub_config`, or `files`) for the
-            validation and test splits, e.g. WikiText-2 while training on a pretraining corpus.
+        eval_from: Another source for the validation and test splits, e.g. WikiText-2 while training on a
+            pretraining corpus.
+        mixture: `{name: {weight, source fields, split, val_split, val_fraction, document_separator}}`:
+            train and validate on these components instead of the top-level source.
+        mixture_seed: Seed of the interleaving.
     """
 
     def __init__(
@@ -95,23 +78,19 @@ class CausalLMDataModule(L.LightningDataModule):
         num_workers: int = 0,
         calibration: CalibrationSpec | Mapping | None = None,
         eval_from: Mapping | None = None,
+        mixture: Mapping[str, Mapping] | None = None,
+        mixture_seed: int = 0,
     ):
         super().__init__()
         self.tokenizer = tokenizer
         self.sources = Source.resolve(wikitext_dir, hub_dataset, hub_config, files, text_field)
         self.eval_sources = Source.resolve(**eval_from, text_field=text_field) if eval_from else None
-        if document_separator not in SEPARATORS:
-            raise ValueError(f"data.document_separator must be 'eos' or 'none', got '{document_separator}'")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-        if val_split == train_split and val_fraction == 0:
-            raise ValueError(f"validating on the training split '{train_split}' needs data.val_fraction > 0")
         if block_size < 2 or batch_size < 1:
             raise ValueError(f"data.block_size must be >= 2 and batch_size >= 1, got {block_size}, {batch_size}")
         self.calibration = (
             calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(**(calibration or {}))
         )
-        if test_split in (train_split, val_split, self.calibration.split):
+        if test_split == self.calibration.split or (not mixture and test_split in (train_split, val_split)):
             raise ValueError(f"test split '{test_split}' may not be trained, validated or calibrated on")
         self.document_separator = document_separator
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
@@ -120,69 +99,67 @@ class CausalLMDataModule(L.LightningDataModule):
         self.max_val_blocks = max_val_blocks
         self.streaming = streaming
         self.num_workers = num_workers
+        self.mixture_seed = mixture_seed
+        if mixture:
+            self.components = [component_from_config(name, spec, document_separator) for name, spec in mixture.items()]
+        else:
+            val_source = self.source(val_split)
+            single = Component(SINGLE, self.sources, 1.0, train_split, val_split, val_fraction, document_separator)
+            self.components = [replace(single, val_source=val_source)]
+        test = self.source(test_split)
+        if test.is_local and test_split in test.files:
+            check_unused(self.components, test.files[test_split])
         self._ids: dict[str, torch.Tensor] = {}
         self._blocks: dict[str, object] = {}
 
     def source(self, split: str) -> Source:
-        """Where `split` comes from: `eval_from` for the validation and test splits when it is set."""
+        """Where a top-level `split` comes from: `eval_from` for the validation and test splits when it is set."""
         if self.eval_sources is not None and split in (self.val_split, self.test_split) and split != self.train_split:
             return self.eval_sources
         return self.sources
 
     def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Use `tokenizer` from now on (forgets ids and blocks made with another)."""
         self.tokenizer = tokenizer
         self._ids.clear()
         self._blocks.clear()
 
     def describe_split(self, split: str) -> str:
+        """The files (or hub dataset) behind a top-level split."""
         return self.source(split).describe(split)
 
     def local_file(self, split: str):
-        """The one local file `split` is read from, or None (a hub dataset, or several files)."""
+        """The one local file a top-level `split` is read from, or None (a hub dataset, or several files)."""
         source = self.source(split)
         files = source.files.get(split, []) if source.is_local else []
         return files[0] if len(files) == 1 else None
 
-    def _tokenized(self, split: str, streaming: bool = False, rank_share: bool = False):
-        """Tokenized rows of `split`; with `rank_share`, only this rank's share of a stream's rows."""
+    def _check_tokenizer(self) -> None:
         if self.tokenizer is None:
             raise RuntimeError("the data module has no tokenizer yet; call set_tokenizer(tokenizer)")
-        rows = self.source(split).rows(split, streaming=streaming)
-        if rank_share and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # the library's split: whole shards per rank when they divide evenly, else every world-th row;
-            # DataLoader workers then split this rank's shards among themselves (datasets does it)
-            rows = split_dataset_by_node(rows, rank=dist.get_rank(), world_size=dist.get_world_size())
-        return tokenize_rows(rows, self.tokenizer, self.document_separator)
 
     def token_ids(self, split: str) -> torch.Tensor:
-        """Every token id of `split`, rows joined by the separator, as one 1-D tensor (cached in memory).
+        """Every token id of a top-level `split`, rows joined by the separator, as one 1-D tensor (cached).
 
         The separator stands between rows only: a one-file split is its text's ids, nothing added.
         """
         if split not in self._ids:
-            ids = concatenated_ids(self._tokenized(split))
-            self._ids[split] = ids[:-1] if self.document_separator == "eos" and ids.numel() else ids
+            self._check_tokenizer()
+            self._ids[split] = joined_ids(self.source(split).rows(split), self.tokenizer, self.document_separator)
         return self._ids[split]
 
+    def _component_blocks(self) -> list[tuple]:
+        if "components" not in self._blocks:
+            self._check_tokenizer()
+            self._blocks["components"] = [c.blocks(self.tokenizer, self.block_size) for c in self.components]
+        return self._blocks["components"]
+
     def _train_val_blocks(self) -> tuple:
-        """Training and validation blocks (`datasets.Dataset`); a held-out part is the training split's last blocks."""
-        if not self._blocks:
-            train = pack(self._tokenized(self.train_split), self.block_size)
-            if self.val_split != self.train_split:
-                val = pack(self._tokenized(self.val_split), self.block_size)
-            else:
-                tokens = self.token_ids(self.train_split).numel()
-                held_out = max(1, int(tokens * self.val_fraction) // self.block_size)
-                if held_out >= len(train):
-                    raise ValueError(
-                        f"the split '{self.train_split}' gives {len(train)} blocks of {self.block_size} tokens; "
-                        f"holding out {held_out} for validation leaves none to train on"
-                    )
-                kept = len(train) - held_out
-                train, val = train.select(range(kept)), train.select(range(kept, len(train)))
-            for name, blocks in (("train", train), ("val", val)):
-                if len(blocks) == 0:
-                    raise ValueError(f"the {name} split holds fewer tokens than one block of {self.block_size}")
+        """Training and validation blocks (`datasets.Dataset`), each the weighted mixture of the components'."""
+        if "train" not in self._blocks:
+            parts, weights = self._component_blocks(), [c.weight for c in self.components]
+            train = interleave([train for train, _ in parts], weights, self.mixture_seed)
+            val = interleave([val for _, val in parts], weights, self.mixture_seed)
             self._blocks.update(train=train.with_format("torch"), val=val.with_format("torch"))
         return self._blocks["train"], self._blocks["val"]
 
@@ -192,9 +169,9 @@ class CausalLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
-            rows = self._tokenized(self.train_split, streaming=True, rank_share=True)
-            stream = pack(rows, self.block_size).with_format("torch")
-            return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
+            streams = [pack(self._rank_share(c), self.block_size) for c in self.components]
+            stream = interleave(streams, [c.weight for c in self.components], self.mixture_seed)
+            return DataLoader(stream.with_format("torch"), batch_size=self.batch_size, num_workers=self.num_workers)
         return DataLoader(
             self._train_val_blocks()[0],
             batch_size=self.batch_size,
@@ -203,6 +180,16 @@ class CausalLMDataModule(L.LightningDataModule):
             drop_last=True,
         )
 
+    def _rank_share(self, component: Component):
+        """This rank's share of a component's training stream, tokenized (every rank tokenizes only its own rows)."""
+        self._check_tokenizer()
+        rows = component.source.rows(component.train_split, streaming=True)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # the library's split: whole shards per rank when they divide evenly, else every world-th row;
+            # DataLoader workers then split this rank's shards among themselves (datasets does it)
+            rows = split_dataset_by_node(rows, rank=dist.get_rank(), world_size=dist.get_world_size())
+        return tokenize_rows(rows, self.tokenizer, component.separator)
+
     def val_dataloader(self) -> DataLoader:
         blocks = self._train_val_blocks()[1]
         if self.max_val_blocks is not None:
@@ -210,32 +197,38 @@ class CausalLMDataModule(L.LightningDataModule):
         return DataLoader(blocks, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def calibration_batches(self) -> list[torch.Tensor]:
-        """Calibration windows `[batch_size, seq_len]` from the calibration (default: training) split."""
+        """Calibration windows `[batch_size, seq_len]`: from `calibration.split`, else from the training mixture."""
         spec = self.calibration
         if spec.split is not None:
-            ids = self.token_ids(spec.split)
+            samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed)
         elif self.streaming:
-            ids = self._first_streamed_tokens(spec.num_samples * spec.seq_len)
+            samples = windows(self._first_streamed_tokens(spec.num_samples * spec.seq_len), spec.seq_len)
         else:
-            ids = block_tensor(self._train_val_blocks()[0]).flatten()
-        return batched(windows(ids, spec.seq_len, spec.num_samples, spec.seed), spec.batch_size)
+            train_blocks = [train for train, _ in self._component_blocks()]
+            samples = calibration_windows(self.components, train_blocks, spec.num_samples, spec.seq_len, spec.seed)
+        return batched(samples, spec.batch_size)
 
     def _first_streamed_tokens(self, count: int) -> torch.Tensor:
-        """The first `count` tokens of the training stream (the same on every rank)."""
+        """The first `count` tokens of the first component's training stream (the same on every rank)."""
         ids: list[int] = []
-        for row in self._tokenized(self.train_split, streaming=True):
+        for row in self.components[0].tokenized(self.components[0].train_split, self.tokenizer, streaming=True):
             ids += row["input_ids"]
             if len(ids) >= count:
                 break
-        return torch.tensor(ids, dtype=torch.long)
+        return torch.tensor(ids[:count], dtype=torch.long)
 
     def describe(self) -> dict:
+        """Where training, validation and test text come from, and the block and calibration settings."""
         return {
-            "train": self.describe_split(self.train_split),
-            "val": self.describe_split(self.val_split)
-            + (f" (last {self.val_fraction:.0%})" if self.val_split == self.train_split else ""),
+            "train": {c.name: c.describe() for c in self.components},
+            "val": {c.name: self._describe_val(c) for c in self.components},
             "test": self.describe_split(self.test_split),
             "block_size": self.block_size,
             "batch_size": self.batch_size,
             "calibration": asdict(self.calibration),
         }
+
+    def _describe_val(self, component: Component) -> str:
+        if component.holds_out:
+            return f"{component.source.describe(component.train_split)} (last {component.val_fraction:.0%})"
+        return (component.val_source or component.source).describe(component.val_split)

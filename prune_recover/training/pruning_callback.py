@@ -136,10 +136,16 @@ class PruningCallback(L.Callback):
             "tokens_seen": getattr(pl_module, "tokens_seen", None),
         }
         if self.evaluator is not None:
-            ppl = self.evaluator(model)
-            record.update(ppl_after=next(iter(ppl.values())), ppl_after_by_seq_len={str(k): v for k, v in ppl.items()})
+            after = model_summary(model, self.evaluator.perplexities(model))
+            record.update(
+                ppl_after=after["ppl"],
+                ppl_after_by_seq_len=after["ppl_by_seq_len"],
+                ppl_after_by_domain=after["ppl_by_domain"],
+            )
             if log_metrics:
                 pl_module.log("prune/ppl_after", record["ppl_after"])
+                for name, by_len in after["ppl_by_domain"].items():
+                    pl_module.log(f"prune/ppl_after/{name}", next(iter(by_len.values())))
         self.events.append(record)
         self.last_event = result
         if log_metrics:

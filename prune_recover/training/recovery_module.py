@@ -27,7 +27,10 @@ from prune_recover.lm import count_parameters, summed_nll
 from prune_recover.training.distributed import rewrap_ddp
 from prune_recover.training.recovery_settings import DistillSettings, LoraSettings
 
-METHODS = ("full", "lora", "cpt_then_lora")
+METHODS = ("full", "distill", "lora", "cpt_then_lora")
+# The teacher runs in the precision the student computes in (a bf16 copy under bf16 autocast: half the memory,
+# and no per-step casts of its weights).
+TEACHER_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # Config fields that define the shapes a checkpoint's weights need.
 ARCHITECTURE_KEYS = ("intermediate_size", "num_hidden_layers", "layer_types", "hidden_size", "vocab_size")
 
@@ -37,7 +40,8 @@ class RecoveryModule(L.LightningModule):
 
     Args:
         model: The Hugging Face causal LM to train (pruned later by a callback, or not).
-        method: `full` (every weight trains), `lora` (peft adapters; base frozen; merged at export), or
+        method: `full` (every weight trains), `distill` (every weight trains on the distillation loss; Minitron's
+            logit distillation with `distill.alpha=1`), `lora` (peft adapters; base frozen; merged at export), or
             `cpt_then_lora` (full continued pretraining until `lora_from_step`, then LoRA, as in Shortened LLaMA).
         lora: `LoraSettings` fields.
         distill: `DistillSettings` fields; alpha > 0 keeps a frozen copy of `model` as teacher.
@@ -68,12 +72,15 @@ class RecoveryModule(L.LightningModule):
             raise ValueError(f"recovery method must be one of {METHODS}, got '{method}'")
         if method == "cpt_then_lora" and (lora_from_step is None or lora_from_step < 1):
             raise ValueError(f"cpt_then_lora needs recovery.module.lora_from_step >= 1, got {lora_from_step}")
+        distill = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
+        if method == "distill" and distill.alpha == 0:
+            raise ValueError("recovery method 'distill' needs recovery.module.distill.alpha > 0 (1 = logits only)")
         self.method = method
         self.lora_from_step = lora_from_step
         self.lora_optimizer_factory = lora_optimizer
         self.lora_active = method == "lora"
         self.lora = lora if isinstance(lora, LoraSettings) else LoraSettings(**(lora or {}))
-        self.distill = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
+        self.distill = distill
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-4)
         self.scheduler_factory = scheduler
         self.weight_decay_norms_and_biases = weight_decay_norms_and_biases
@@ -133,7 +140,8 @@ class RecoveryModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             parameter = next(self.model.parameters())
-            self.teacher.to(device=parameter.device, dtype=parameter.dtype)
+            dtype = TEACHER_DTYPES.get(str(self.trainer.precision), parameter.dtype)
+            self.teacher.to(device=parameter.device, dtype=dtype)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]

@@ -6,7 +6,7 @@ import torch
 from prune_recover.data.tokens import windows
 from prune_recover.evaluation.evaluator import Evaluator
 from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
-from prune_recover.models import tiny_random
+from prune_recover.tiny_models import tiny_random
 
 
 def test_perplexity_is_exp_of_summed_nll_over_non_overlapping_windows():
@@ -30,10 +30,17 @@ def test_perplexity_is_exp_of_summed_nll_over_non_overlapping_windows():
 def test_evaluator_reports_every_length_and_rejects_too_short_text():
     model, _ = tiny_random("llama")
     ids = torch.randint(3, 259, (600,))
-    result = Evaluator(ids, seq_lens=[128, 256], max_windows=2)(model)
-    assert list(result) == [128, 256]
-    with pytest.raises(ValueError, match="fewer than seq_len 1024"):
-        Evaluator(ids, seq_lens=[1024])
+    other = torch.randint(3, 259, (300,))
+    evaluator = Evaluator({"test": ids, "other": other}, seq_lens=[128, 256], max_windows=2)
+    result = evaluator(model)
+    assert list(result) == [128, 256] and evaluator.headline == "test"
+    by_domain = evaluator.perplexities(model)
+    assert list(by_domain) == ["test", "other"] and by_domain["test"] == result
+    assert by_domain["other"][128] == perplexity(model, other, PerplexityProtocol(128, 2)).ppl
+    summary = evaluator.summary(model)
+    assert summary["ppl"] == result[128] and summary["ppl_by_domain"]["other"]["256"] == by_domain["other"][256]
+    with pytest.raises(ValueError, match="'test' has 600 tokens, fewer than one window of 1024"):
+        Evaluator({"test": ids}, seq_lens=[1024])
 
 
 def test_windows_in_order_or_seeded_and_errors():

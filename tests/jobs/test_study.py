@@ -65,7 +65,7 @@ def test_study_report_logs_to_wandb_offline(wikitext_dir, tmp_path, monkeypatch)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "pruning_report.json").write_text(json.dumps(report))
     write_report([tmp_path / "a"], tmp_path / "report", wandb_project="prune_recover_tests")
-    media = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
+    media = next((tmp_path / "report" / "wandb").glob("offline-run-*")) / "files" / "media"
     assert sorted(p.name.split("_0_")[0] for p in (media / "images" / "study").glob("*.png")) == [
         "ppl_over_steps",
         "ppl_vs_params",

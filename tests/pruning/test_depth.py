@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from prune_recover.arch import decoder_blocks
-from prune_recover.models import tiny_random
 from prune_recover.pruning.depth import (
     angular_scores,
     calibration_perplexity,
@@ -15,6 +14,7 @@ from prune_recover.pruning.depth import (
     taylor_scores,
 )
 from prune_recover.pruning.surgery import remove_blocks
+from prune_recover.tiny_models import tiny_random
 from tests.conftest import token_batches
 
 

@@ -3,9 +3,9 @@ import torch
 
 from prune_recover.arch import decoder_blocks
 from prune_recover.lm import count_parameters
-from prune_recover.models import tiny_random
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.pruning.targets import ParamModel
+from prune_recover.tiny_models import tiny_random
 from tests.conftest import token_batches
 
 

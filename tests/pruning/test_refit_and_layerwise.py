@@ -3,12 +3,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from prune_recover.arch import decoder_blocks, gated_mlps
-from prune_recover.models import tiny_random
 from prune_recover.pruning.calibration import ActivationRecorder, collect_activation_stats
 from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
+from prune_recover.tiny_models import tiny_random
 from tests.conftest import token_batches
 
 

@@ -5,10 +5,11 @@ from transformers import AutoModelForCausalLM
 
 from prune_recover.arch import FAMILIES, decoder_blocks, gated_mlps, unwrap
 from prune_recover.lm import count_parameters
-from prune_recover.models import save_pretrained_atomic, tiny_random
+from prune_recover.models import save_pretrained_atomic
 from prune_recover.pruning.depth import _identity_output
 from prune_recover.pruning.surgery import prune_mlp_neurons, remove_blocks, slice_gated_mlp
 from prune_recover.pruning.targets import ParamModel
+from prune_recover.tiny_models import tiny_random
 
 TOKENS = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(1))
 

@@ -2,8 +2,8 @@ import pytest
 from transformers import LlamaConfig
 
 from prune_recover.lm import count_parameters
-from prune_recover.models import tiny_random
 from prune_recover.pruning.targets import ParamModel, WidthTarget, round_to_multiple
+from prune_recover.tiny_models import tiny_random
 
 # meta-llama/Llama-3.1-8B (and meditsolutions/Llama-3.1-MedIT-SUN-8B) architecture
 LLAMA31_8B = LlamaConfig(

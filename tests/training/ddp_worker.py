@@ -15,8 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from prune_recover.arch import decoder_blocks  # noqa: E402
-from prune_recover.models import tiny_random  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
+from prune_recover.tiny_models import tiny_random  # noqa: E402
 from prune_recover.training.pruning_callback import PruningCallback  # noqa: E402
 from prune_recover.training.recovery_module import RecoveryModule  # noqa: E402
 from tests.conftest import tiny_data  # noqa: E402

@@ -5,7 +5,7 @@ import torch
 
 from prune_recover.data.packing import block_tensor
 from prune_recover.data.tokens import concatenated_ids, tokenize_rows
-from prune_recover.models import byte_tokenizer
+from prune_recover.tiny_models import byte_tokenizer
 from prune_recover.training.datamodule import CausalLMDataModule
 
 
@@ -51,7 +51,7 @@ def test_calibration_comes_from_the_training_part(wikitext_dir):
         ({"calibration": {"split": "test"}}, ValueError, "test split 'test' may not be trained, validated or calib"),
         ({"val_fraction": 0.0}, ValueError, "needs data.val_fraction > 0"),
         ({"files": {"train": __file__}}, ValueError, "set one data source"),
-        ({"document_separator": "newline"}, ValueError, "document_separator must be 'eos' or 'none'"),
+        ({"document_separator": "newline"}, ValueError, r"data.document_separator must be one of \('eos', 'none'\)"),
         ({"calibration": {"num_samples": 0}}, ValueError, "data.calibration needs num_samples >= 1"),
     ],
 )
@@ -128,3 +128,66 @@ def test_training_corpus_with_wikitext_for_validation_and_test(tmp_path, wikitex
     assert data.describe_split("test").endswith("wiki.test.raw")
     assert torch.equal(data.token_ids("valid"), file_ids(wikitext_dir / "wiki.valid.raw", data.tokenizer))
     assert next(iter(data.train_dataloader()))["input_ids"].shape == (4, 32)
+
+
+def mixture_data(wikitext_dir, tmp_path, **kwargs):
+    """WikiText-2 valid (3 parts) mixed with a JSON-lines corpus of numbered documents (1 part)."""
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [f"<doc {i:03d}> " + "lorem ipsum " * 40 for i in range(120)])
+    mixture = {
+        "wikitext": {"weight": 3, "wikitext_dir": str(wikitext_dir), "split": "valid", "val_fraction": 0.1},
+        "docs": {"weight": 1, "files": {"train": str(corpus)}, "split": "train", "val_fraction": 0.2},
+    }
+    settings = dict(wikitext_dir=str(wikitext_dir), block_size=64, mixture=mixture, document_separator="none")
+    return CausalLMDataModule(byte_tokenizer(), **{**settings, **kwargs})
+
+
+def domain_of(block: torch.Tensor, tokenizer) -> str:
+    text = tokenizer.decode(block)
+    return "docs" if ("lorem" in text or "<doc" in text) else "wikitext"
+
+
+def test_a_mixture_interleaves_single_domain_blocks_by_weight_and_calibrates_in_proportion(wikitext_dir, tmp_path):
+    data = mixture_data(wikitext_dir, tmp_path, calibration={"num_samples": 8, "seq_len": 32, "batch_size": 8})
+    train, val = data._train_val_blocks()
+    (wiki_train, wiki_val), (docs_train, docs_val) = data._component_blocks()
+    domains = [domain_of(block, data.tokenizer) for block in block_tensor(train)]
+    # interleave_datasets stops when the smaller share (docs) runs out: all docs blocks, about 3x as many wikitext
+    assert domains.count("docs") == len(docs_train)
+    assert 2.4 < domains.count("wikitext") / domains.count("docs") < 3.6
+    assert len(val) < len(wiki_val) + len(docs_val) and {domain_of(b, data.tokenizer) for b in block_tensor(val)} == {
+        "wikitext",
+        "docs",
+    }
+    held_out = set(map(tuple, block_tensor(wiki_val).tolist()))
+    assert not held_out & set(map(tuple, block_tensor(train).tolist())), "validation blocks leaked into training"
+    (calibration,) = data.calibration_batches()
+    assert [domain_of(window, data.tokenizer) for window in calibration].count("docs") == 2  # 8 x 1/4
+    assert set(data.describe()["train"]) == {"wikitext", "docs"}
+
+
+def test_a_streamed_mixture_draws_from_every_component(wikitext_dir, tmp_path):
+    data = mixture_data(wikitext_dir, tmp_path, streaming=True, batch_size=8)
+    batches = [batch["input_ids"] for _, batch in zip(range(12), data.train_dataloader(), strict=False)]
+    domains = [domain_of(block, data.tokenizer) for batch in batches for block in batch]
+    assert len(domains) == 96 and 0 < domains.count("docs") < domains.count("wikitext")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"docs": {"weight": 0}}, r"data.mixture.docs.weight must be positive"),
+        ({"docs": {"shuffle": True}}, r"data.mixture.docs: unknown setting\(s\) \['shuffle'\]"),
+        ({"wikitext": {"split": "test"}}, r"the test files .*wiki.test.raw.* may not be trained or validated on"),
+        ({"docs": {"val_fraction": 0.0}}, r"needs data.mixture.docs.val_fraction > 0"),
+    ],
+)
+def test_bad_mixture_settings_name_the_component(wikitext_dir, tmp_path, change, message):
+    corpus = write_jsonl(tmp_path / "docs.jsonl", ["text"])
+    mixture = {
+        "wikitext": {"wikitext_dir": str(wikitext_dir), "split": "valid", "val_fraction": 0.1},
+        "docs": {"files": {"train": str(corpus)}, "split": "train", "val_fraction": 0.2},
+    }
+    for name, settings in change.items():
+        mixture[name].update(settings)
+    with pytest.raises(ValueError, match=message):
+        CausalLMDataModule(byte_tokenizer(), wikitext_dir=str(wikitext_dir), mixture=mixture)

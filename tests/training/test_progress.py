@@ -4,7 +4,7 @@ import logging
 
 from lightning.pytorch.loggers import CSVLogger
 
-from prune_recover.models import tiny_random
+from prune_recover.tiny_models import tiny_random
 from prune_recover.training.progress import TOKENS_PER_S, ProgressLog, TokenThroughputMonitor
 from prune_recover.training.recovery_module import RecoveryModule
 from tests.conftest import tiny_data, tiny_trainer

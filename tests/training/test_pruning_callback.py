@@ -6,8 +6,9 @@ from transformers import AutoModelForCausalLM
 
 from prune_recover.arch import decoder_blocks, gated_mlps
 from prune_recover.evaluation.evaluator import Evaluator
-from prune_recover.models import save_pretrained_atomic, tiny_random
+from prune_recover.models import save_pretrained_atomic
 from prune_recover.pruning.pruner import Pruner
+from prune_recover.tiny_models import tiny_random
 from prune_recover.training.pruning_callback import PruningCallback
 from prune_recover.training.recovery_module import RecoveryModule
 from tests.conftest import tiny_data, tiny_trainer
@@ -145,7 +146,7 @@ def test_training_statistics_replace_the_calibration_pass(wikitext_dir, tmp_path
 
 def test_event_logs_perplexity_and_parameters(wikitext_dir, tmp_path):
     data = tiny_data(wikitext_dir)
-    evaluator = Evaluator(data.token_ids("test"), seq_lens=[64], max_windows=2)
+    evaluator = Evaluator({"test": data.token_ids("test")}, seq_lens=[64], max_windows=2)
     pruning = PruningCallback(Pruner(ratio=0.5), evaluator=evaluator)
     module = RecoveryModule(tiny_random("llama")[0])
     trainer = tiny_trainer(tmp_path, callbacks=[pruning], max_steps=2)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from prune_recover.models import tiny_random
 from prune_recover.pruning.surgery import prune_mlp_neurons
+from prune_recover.tiny_models import tiny_random
 from prune_recover.training.recovery_module import RecoveryModule
 from prune_recover.training.recovery_settings import DistillSettings
 from tests.conftest import tiny_data, tiny_trainer

@@ -1,15 +1,12 @@
-"""Deployment metrics and the lm-eval bridge with its local tasks."""
-
-import json
+"""Deployment metrics: speed, memory and FLOPs of a base and a pruned model."""
 
 import pytest
 import torch
-import yaml
 
 from prune_recover.evaluation import deploy
-from prune_recover.evaluation.tasks import LOCAL_TASKS, TaskEvaluator, build_local_tasks
-from prune_recover.models import save_pretrained_atomic, tiny_random
+from prune_recover.models import save_pretrained_atomic
 from prune_recover.pruning.pruner import Pruner
+from prune_recover.tiny_models import tiny_random
 
 
 def test_flops_per_token_counts_matmul_weights_and_attention():
@@ -39,30 +36,3 @@ def test_measure_and_compare_base_with_pruned(tmp_path):
     assert compared["pruned"]["params"] < compared["base"]["params"]
     assert compared["pruned"]["weights_mb"] < compared["base"]["weights_mb"]
     assert "| 16 |" in deploy.markdown(compared) and compared["base"]["peak_memory_mb"] > 0
-
-
-def test_local_tasks_are_well_formed_and_deterministic(wikitext_dir):
-    folder = build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=30, seed=1)
-    again = build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=30, seed=1)
-    assert folder == again
-    for task in LOCAL_TASKS:
-        spec = yaml.safe_load((folder / f"{task}.yaml").read_text())
-        assert spec["task"] == task and spec["output_type"] == "multiple_choice"
-        items = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
-        assert len(items) == 30
-        for item in items:
-            assert len(item["choices"]) == 4 == len(set(item["choices"])) and 0 <= item["label"] < 4
-    cloze = json.loads((folder / "wikitext2_cloze.jsonl").read_text().splitlines()[0])
-    text = (wikitext_dir / "wiki.test.raw").read_text()
-    assert (cloze["context"] + cloze["choices"][cloze["label"]]) in text
-
-
-def test_lm_eval_bridge_scores_the_in_memory_model_offline(wikitext_dir, monkeypatch):
-    pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    model, tokenizer = tiny_random("llama")
-    folder = build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=12)
-    scores = TaskEvaluator(tokenizer, list(LOCAL_TASKS), folder, limit=12, batch_size=4)(model)
-    assert set(scores) == set(LOCAL_TASKS)
-    assert all(0 <= scores[t]["acc"] <= 1 and "acc_norm" in scores[t] for t in LOCAL_TASKS)
-    assert not model.training

@@ -1,0 +1,150 @@
+"""lm-eval on the in-memory model, offline: the zero-shot suite (prompts identical to lm-eval's own tasks) and
+the local WikiText-2 tasks."""
+
+import json
+
+import pytest
+import yaml
+
+from prune_recover.evaluation.tasks import (
+    HEADLINE,
+    ZEROSHOT_TASKS,
+    TaskEvaluator,
+    build_task_evaluator,
+    zeroshot_include_path,
+)
+from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
+from prune_recover.tiny_models import tiny_random
+from tests.conftest import REPO
+
+lm_eval = pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
+ZEROSHOT_DIR = REPO.parent / "shared" / "data" / "zero-shot"
+LABELS = "ABCDE"
+
+
+@pytest.fixture(autouse=True)
+def _offline_datasets(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def as_lm_eval_doc(task: str, item: dict) -> dict:
+    """The hub record (the format lm-eval's own task reads) that a local zero-shot item was made from."""
+    if task in ("arc_easy", "arc_challenge", "openbookqa"):
+        labels = list(LABELS[: len(item["choices"])])
+        choices = {"text": item["choices"], "label": labels}
+        if task == "openbookqa":
+            return {"question_stem": item["query"], "choices": choices, "answerKey": labels[item["gold"]]}
+        return {
+            "question": item["query"].removeprefix("Question: "),
+            "choices": choices,
+            "answerKey": labels[item["gold"]],
+        }
+    if task == "piqa":
+        goal = item["query"].removeprefix("Question: ").removesuffix("\n")
+        return {"goal": goal, "sol1": item["choices"][0], "sol2": item["choices"][1], "label": item["gold"]}
+    if task == "boolq":
+        passage, question = item["query"].removeprefix("Passage: ").rsplit("\nQuestion: ", 1)
+        return {"passage": passage, "question": question.removesuffix("?"), "label": item["gold"]}
+    if task == "winogrande":
+        first, second = item["context_options"]
+        shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+        shared = first.rfind(" ", 0, shared) + 1  # options are whole words
+        sentence = first[:shared] + "_ " + item["continuation"]
+        return {
+            "sentence": sentence,
+            "option1": first[shared:],
+            "option2": second[shared:],
+            "answer": str(item["gold"] + 1),
+        }
+    assert task == "lambada_openai"
+    return {"text": item["context"] + " " + item["continuation"]}
+
+
+def lm_eval_builtin(task: str, docs: list[dict], tmp_path):
+    """lm-eval's own task `task` (its YAML, templates and metrics), reading `docs` from a local file."""
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = load_yaml(TaskManager().task_index[task].yaml_path)
+    data = tmp_path / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    config.update(
+        dataset_path="json",
+        dataset_name=None,
+        dataset_kwargs={"data_files": {"test": str(data)}},
+        test_split="test",
+        validation_split=None,
+        training_split=None,
+        fewshot_split=None,
+    )
+    return ConfigurableTask(config=config)
+
+
+def rendered(task, doc) -> tuple:
+    """What lm-eval scores for one doc: prompt (or gold index), choices, target, and the delimiter."""
+    choices = task.doc_to_choice(doc) if task.config.doc_to_choice is not None else None
+    return task.doc_to_text(doc), choices, task.doc_to_target(doc), task.config.target_delimiter
+
+
+@pytest.mark.parametrize("task", list(ZEROSHOT_TASKS))
+def test_each_zeroshot_task_renders_two_items_exactly_as_lm_evals_own_task(task, tmp_path):
+    manager = TaskEvaluator(None, [task], [zeroshot_include_path(ZEROSHOT_DIR)]).task_manager()
+    ours = manager.load_task_or_group([f"zeroshot_{task}"])[f"zeroshot_{task}"]
+    items = [ours.test_docs()[i] for i in (0, 1)]
+    builtin = lm_eval_builtin(task, [as_lm_eval_doc(task, item) for item in items], tmp_path)
+    for item, doc in zip(items, builtin.test_docs(), strict=True):
+        assert rendered(ours, item) == rendered(builtin, doc)
+    assert ours.OUTPUT_TYPE == builtin.OUTPUT_TYPE
+    assert [m["metric"] for m in ours.config.metric_list] == [m["metric"] for m in builtin.config.metric_list]
+
+
+def test_the_zeroshot_group_runs_every_task_with_stderr_counts_and_average():
+    model, tokenizer = tiny_random("llama")
+    evaluator = build_task_evaluator(tokenizer, ["zeroshot"], ZEROSHOT_DIR, limit=3, batch_size=8)
+    result = evaluator(model)
+    assert set(result["tasks"]) == set(ZEROSHOT_TASKS)
+    for name, scores in result["tasks"].items():
+        assert scores["items"] == 3 and 0 <= scores[HEADLINE[name]] <= 1 and f"{HEADLINE[name]}_stderr" in scores
+    assert result["average"] == pytest.approx(sum(result["tasks"][n][HEADLINE[n]] for n in HEADLINE) / 7)
+    assert "perplexity" in result["tasks"]["lambada_openai"]
+
+
+@pytest.mark.parametrize(
+    "tasks, zeroshot_dir, error, message",
+    [
+        (["zeroshot", "hellaswag_offline"], ZEROSHOT_DIR, ValueError, r"unknown task\(s\) \['hellaswag_offline'\]"),
+        (["zeroshot"], "/nonexistent", FileNotFoundError, "the zero-shot suite needs .*arc_easy.jsonl"),
+        (["arc_easy"], ZEROSHOT_DIR, ValueError, "task_limit must be a positive number"),
+    ],
+)
+def test_bad_task_settings_are_refused_before_any_model_is_used(tasks, zeroshot_dir, error, message):
+    with pytest.raises(error, match=message):
+        build_task_evaluator(tiny_random("llama")[1], tasks, zeroshot_dir, limit=0 if "limit" in message else None)
+
+
+def test_local_tasks_are_well_formed_and_deterministic(wikitext_dir):
+    folder = build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=30, seed=1)
+    again = build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=30, seed=1)
+    assert folder == again
+    for task in LOCAL_TASKS:
+        spec = yaml.safe_load((folder / f"{task}.yaml").read_text())
+        assert spec["task"] == task and spec["output_type"] == "multiple_choice"
+        items = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
+        assert len(items) == 30
+        for item in items:
+            assert len(item["choices"]) == 4 == len(set(item["choices"])) and 0 <= item["label"] < 4
+    cloze = json.loads((folder / "wikitext2_cloze.jsonl").read_text().splitlines()[0])
+    text = (wikitext_dir / "wiki.test.raw").read_text()
+    assert (cloze["context"] + cloze["choices"][cloze["label"]]) in text
+
+
+def test_lm_eval_bridge_scores_the_in_memory_model_offline(wikitext_dir):
+    model, tokenizer = tiny_random("llama")
+    evaluator = build_task_evaluator(
+        tokenizer, list(LOCAL_TASKS), wikitext_test=wikitext_dir / "wiki.test.raw", limit=12
+    )
+    scores = evaluator(model)["tasks"]
+    assert set(scores) == set(LOCAL_TASKS)
+    assert all(0 <= scores[t]["acc"] <= 1 and "acc_norm" in scores[t] and scores[t]["items"] == 12 for t in LOCAL_TASKS)
+    assert not model.training
