@@ -29,6 +29,8 @@ class Evaluator:
         batch_size: Windows per forward pass.
         tasks: Callable `model -> {"tasks": ..., "average": ...}` (lm-eval), run by `summary`.
         task_limit: Items per task the tasks were limited to (recorded in `describe`).
+        tasks_before_pruning: Run the tasks on the unpruned model too (`before_pruning`); False leaves them to
+            the end (a sweep that scores its one base model once, with `python -m prune_recover.eval`).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class Evaluator:
         batch_size: int = 1,
         tasks: Callable[[nn.Module], dict] | None = None,
         task_limit: int | None = None,
+        tasks_before_pruning: bool = True,
     ):
         if not seq_lens:
             raise ValueError("eval.seq_lens must name at least one window length")
@@ -47,6 +50,7 @@ class Evaluator:
         self.domains = dict(domains)
         self.tasks = tasks
         self.task_limit = task_limit
+        self.tasks_before_pruning = tasks_before_pruning
         self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size) for n in seq_lens]
         longest = max(p.seq_len for p in self.protocols)
         for name, ids in self.domains.items():
@@ -78,12 +82,17 @@ class Evaluator:
         results = self.tasks(model) if tasks and self.tasks else None
         return model_summary(model, by_domain, results)
 
+    def before_pruning(self, model: nn.Module) -> dict:
+        """The unpruned model's summary: with the tasks unless `tasks_before_pruning` is off."""
+        return self.summary(model, tasks=self.tasks_before_pruning)
+
     def describe(self) -> dict:
         """The protocol, the domains and their sizes, and the task limit, for the report."""
         return {
             "protocols": [p.describe() for p in self.protocols],
             "domains": {name: ids.numel() for name, ids in self.domains.items()},
             "task_limit": self.task_limit if self.tasks else None,
+            "tasks_before_pruning": bool(self.tasks) and self.tasks_before_pruning,
             "description": PROTOCOL_DOC.strip(),
         }
 
@@ -101,6 +110,7 @@ def build_evaluator(
     task_limit: int | None = None,
     task_batch_size: int = 8,
     zeroshot_dir: str | Path | None = None,
+    tasks_before_pruning: bool = True,
 ) -> Evaluator:
     """The evaluator of the `eval` config node; everything it reads is read and checked here, before weights load.
 
@@ -123,4 +133,4 @@ def build_evaluator(
         task_evaluator = build_task_evaluator(
             tokenizer, list(tasks), zeroshot_dir, test_file, task_limit, task_batch_size
         )
-    return Evaluator(domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit)
+    return Evaluator(domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit, tasks_before_pruning)

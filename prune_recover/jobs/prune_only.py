@@ -37,7 +37,7 @@ def prune_only(
         The report that was written.
     """
     start = time.perf_counter()
-    base = evaluator.summary(model)
+    base = evaluator.before_pruning(model)
     log.info("Base model: %s", base)
     batches = data.calibration_batches() if pruner.needs_calibration else []
     event = pruner.prune(model, batches).to_dict()
