@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import hydra
 from lightning import seed_everything
@@ -13,6 +14,7 @@ from prune_recover.jobs.export import check_push_target
 from prune_recover.jobs.prune_and_recover import prune_and_recover
 from prune_recover.jobs.prune_only import prune_only
 from prune_recover.models import load_config, load_model, load_tokenizer
+from prune_recover.training.signals import Interrupted
 
 RECOVERY_METHODS = ("none", "full", "distill", "lora", "cpt_then_lora")
 register_resolvers()
@@ -69,7 +71,11 @@ def command_line() -> str | None:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except Interrupted as stop:  # a scheduler's signal: the checkpoint is written, the run is not done
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
     if report is not None:
         print(json.dumps({key: report[key] for key in ("base", "final")}, indent=2))
         print(f"Wrote {cfg.output_dir}/final and {cfg.output_dir}/pruning_report.json")

@@ -25,7 +25,7 @@ def _isolated(monkeypatch, tmp_path_factory):
     torch.manual_seed(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wikitext_dir() -> Path:
     if not (WIKITEXT2_DIR / "wiki.valid.raw").is_file():
         pytest.fail(f"WikiText-2 files not found in {WIKITEXT2_DIR}; set PRUNE_RECOVER_WIKITEXT2")

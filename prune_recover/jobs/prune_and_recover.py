@@ -17,6 +17,7 @@ from prune_recover.training.datamodule import CausalLMDataModule
 from prune_recover.training.loggers import log_final
 from prune_recover.training.pruning_callback import PruningCallback
 from prune_recover.training.recovery_module import RecoveryModule
+from prune_recover.training.signals import GracefulStop
 
 log = get_logger(__name__)
 
@@ -39,14 +40,19 @@ def prune_and_recover(
         export_settings: The `export` config node (`push_to_hub`, `private`).
 
     Returns:
-        The report on global rank zero; None on other ranks or when training was interrupted.
+        The report on global rank zero; None on other ranks.
+
+    Raises:
+        Interrupted: a signal stopped training (after a resumable checkpoint was written).
     """
     output_dir = Path(output_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    for callback in trainer.callbacks:
+        if isinstance(callback, GracefulStop) and callback.stopped is not None:
+            raise callback.stopped  # a resumable checkpoint is written; no export of a half-trained model
     if trainer.interrupted:
-        log.warning("Training was interrupted; no export. Resume with ckpt_path=last.")
-        return None
+        raise RuntimeError("training was interrupted before it finished; nothing exported (resume with ckpt_path=last)")
     if not trainer.is_global_zero:
         return None
     model = module.merged_model()

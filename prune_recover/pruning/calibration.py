@@ -8,7 +8,7 @@ set yields the statistics of every layer. Sums are kept in float64.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -76,15 +76,35 @@ class ActivationRecorder:
         gram = torch.zeros(width, width, dtype=torch.float64, device=device) if self.gram else None
         return NeuronStats(sum_sq=torch.zeros(width, dtype=torch.float64, device=device), gram=gram)
 
-    def __enter__(self) -> ActivationRecorder:
-        for index, mlp in self.mlps.items():
-            self._handles.append(mlp.down_proj.register_forward_pre_hook(self._hook(index)))
+    def attach(self) -> ActivationRecorder:
+        """Start recording every forward pass (again, after `detach`: the statistics so far are kept)."""
+        if not self._handles:
+            for index, mlp in self.mlps.items():
+                self._handles.append(mlp.down_proj.register_forward_pre_hook(self._hook(index)))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def detach(self) -> None:
+        """Stop recording; the statistics gathered so far are kept."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def __enter__(self) -> ActivationRecorder:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def state_dict(self) -> dict:
+        """The statistics gathered so far, to put in a checkpoint."""
+        return {index: asdict(stats) for index, stats in self.stats.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from statistics saved by `state_dict` (on a model of the same shapes)."""
+        for index, saved in state.items():
+            if saved["sum_sq"].shape != self.stats[index].sum_sq.shape:
+                raise ValueError(f"saved statistics of layer {index} do not match the model's MLP width")
+            self.stats[index] = NeuronStats(**saved)
 
     def _hook(self, index: int):
         def record(module: nn.Module, args: tuple) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from prune_recover.data.mixture import (
@@ -31,6 +32,7 @@ from prune_recover.data.mixture import (
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
 from prune_recover.data.tokens import batched, joined_ids, tokenize_rows, windows
+from prune_recover.training.resume import EpochShuffle, StreamLoader
 
 
 class CausalLMDataModule(L.LightningDataModule):
@@ -167,17 +169,23 @@ class CausalLMDataModule(L.LightningDataModule):
         """Token ids of the validation blocks, in order (the blocks `val_dataloader` serves, before the cap)."""
         return block_tensor(self._train_val_blocks()[1]).flatten()
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Training batches from a loader whose position Lightning stores in every checkpoint (exact resume)."""
         if self.streaming:
             streams = [pack(self._rank_share(c), self.block_size) for c in self.components]
             stream = interleave(streams, [c.weight for c in self.components], self.mixture_seed)
-            return DataLoader(stream.with_format("torch"), batch_size=self.batch_size, num_workers=self.num_workers)
-        return DataLoader(
-            self._train_val_blocks()[0],
+            return StreamLoader(stream.with_format("torch"), batch_size=self.batch_size, num_workers=self.num_workers)
+        blocks = self._train_val_blocks()[0]
+        seed = torch.initial_seed()  # seed_everything's seed
+        return StatefulDataLoader(
+            blocks,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffle(len(blocks), seed, self.batch_size),
             num_workers=self.num_workers,
             drop_last=True,
+            # the loader draws its workers' base seed per epoch from this, not from the global RNG, which then
+            # holds exactly what RngStates restores (dropout masks as in the uninterrupted run)
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def _rank_share(self, component: Component):

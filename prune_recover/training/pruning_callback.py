@@ -58,6 +58,7 @@ class PruningCallback(L.Callback):
         self.events: list[dict] = []
         self.base: dict | None = None
         self._recorder: ActivationRecorder | None = None
+        self._restored_statistics: dict | None = None  # training statistics of a checkpoint, until recording resumes
         self.last_event = None  # the latest PruneEvent, kept indices included (for inspection)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -87,7 +88,7 @@ class PruningCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.base is None:
             model = pl_module.model
-            self.base = self.evaluator.summary(model) if self.evaluator is not None else model_summary(model)
+            self.base = self.evaluator.before_pruning(model) if self.evaluator is not None else model_summary(model)
             log.info("Before pruning: %s", self.base)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -134,6 +135,8 @@ class PruningCallback(L.Callback):
             **result.to_dict(),
             "train_loss": _metric(trainer, "train/loss"),
             "tokens_seen": getattr(pl_module, "tokens_seen", None),
+            # tokens of training batches the statistics came from (stats_source=training), per layer
+            "statistics_tokens": next(iter(stats.values())).tokens if stats else 0,
         }
         if self.evaluator is not None:
             after = model_summary(model, self.evaluator.perplexities(model))
@@ -155,21 +158,36 @@ class PruningCallback(L.Callback):
         if self.stats_source == "training" and self._pending():
             self._start_recording(pl_module)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._recorder is not None:
+            self._recorder.detach()  # validation batches are not training statistics
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._recorder is not None:  # only exists while fitting
+            self._recorder.attach()
+
     def _start_recording(self, pl_module: L.LightningModule) -> None:
-        self._recorder = ActivationRecorder(pl_module.model, gram=self.pruner.refit).__enter__()
+        self._recorder = ActivationRecorder(pl_module.model, gram=self.pruner.refit).attach()
+        if self._restored_statistics is not None:  # gathered before the interruption this run resumes
+            self._recorder.load_state_dict(self._restored_statistics)
+            self._restored_statistics = None
 
     def _stop_recording(self) -> None:
         if self._recorder is not None:
-            self._recorder.__exit__(None, None, None)
+            self._recorder.detach()
             self._recorder = None
 
     def state_dict(self) -> dict:
-        return {"planned": [e.to_dict() for e in self.planned], "events": self.events, "base": self.base}
+        state = {"planned": [e.to_dict() for e in self.planned], "events": self.events, "base": self.base}
+        if self._recorder is not None:
+            state["statistics"] = self._recorder.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.planned = [ScheduledEvent(**e) for e in state_dict["planned"]]
         self.events = list(state_dict["events"])
         self.base = state_dict["base"]
+        self._restored_statistics = state_dict.get("statistics")
 
 
 def _metric(trainer: L.Trainer, name: str) -> float | None:

@@ -144,6 +144,45 @@ def test_training_statistics_replace_the_calibration_pass(wikitext_dir, tmp_path
     assert module.hf_model.config.intermediate_size == 64
 
 
+TRAINING_STATS = {"kind": "linear", "start_step": 0, "end_step": 6, "num_events": 2}
+
+
+def test_training_statistics_leave_validation_batches_out(wikitext_dir, tmp_path):
+    data = tiny_data(wikitext_dir)
+    pruning = PruningCallback(Pruner(ratio=0.5), TRAINING_STATS, stats_source="training")
+    module = RecoveryModule(tiny_random("llama")[0])
+    tiny_trainer(tmp_path, callbacks=[pruning], max_steps=7, val_check_interval=2).fit(module, datamodule=data)
+    # steps 0..5 trained between the events; the 3 validations in between (2 batches each) are not statistics
+    assert pruning.events[1]["statistics_tokens"] == 6 * data.batch_size * data.block_size
+
+
+class StopAfter(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+def test_training_statistics_survive_a_resume(wikitext_dir, tmp_path):
+    def run(ckpt_path=None, seed=0, stop=None):
+        torch.manual_seed(seed)
+        pruning = PruningCallback(Pruner(ratio=0.5), TRAINING_STATS, stats_source="training")
+        module = RecoveryModule(tiny_random("llama")[0])
+        saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+        callbacks = [pruning, saving, *([StopAfter(stop)] if stop else [])]
+        trainer = tiny_trainer(tmp_path, callbacks=callbacks, max_steps=7, enable_checkpointing=True)
+        trainer.fit(module, datamodule=tiny_data(wikitext_dir), ckpt_path=ckpt_path)
+        return pruning
+
+    interrupted = run(stop=4)
+    assert len(interrupted.events) == 1  # stopped between the two events, statistics half gathered
+    resumed = run(ckpt_path=str(next((tmp_path / "ckpt").glob("*step=3.ckpt"))), seed=1)
+    uninterrupted = run()
+    assert resumed.events[1]["statistics_tokens"] == uninterrupted.events[1]["statistics_tokens"] > 0
+    assert torch.equal(resumed.last_event.kept[0], uninterrupted.last_event.kept[0])
+
+
 def test_event_logs_perplexity_and_parameters(wikitext_dir, tmp_path):
     data = tiny_data(wikitext_dir)
     evaluator = Evaluator({"test": data.token_ids("test")}, seq_lens=[64], max_windows=2)

@@ -1,0 +1,66 @@
+"""The training order of a resumed run: resumed from any checkpoint (mid-epoch or at an epoch's end), a real
+Trainer feeds exactly the batches the uninterrupted run fed after that step (EpochShuffle + StatefulDataLoader)."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from prune_recover.training.resume import EpochShuffle
+
+
+class Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.fed: dict[int, list[int]] = {}
+
+    def training_step(self, batch, batch_idx):
+        self.fed[self.global_step] = batch.tolist()
+        return (self.weight * batch.float()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return StatefulDataLoader(
+            list(range(42)), batch_size=8, sampler=EpochShuffle(42, seed=3, batch_size=8), drop_last=True
+        )
+
+
+def fit(tmp_path, ckpt_path=None) -> dict[int, list[int]]:
+    module = Recorder()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    trainer = L.Trainer(
+        max_steps=17, callbacks=[checkpoints], logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return module.fed
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("order")
+    return out, fit(out)
+
+
+@pytest.mark.parametrize("step", [3, 6, 9, 15])  # 5 batches an epoch: 15 ends epoch 2, the others are mid-epoch
+def test_a_resumed_run_feeds_the_batches_the_uninterrupted_run_fed(reference, tmp_path, step):
+    folder, expected = reference
+    (checkpoint,) = (folder / "ckpt").glob(f"*-step={step}.ckpt")
+    fed = fit(tmp_path, ckpt_path=str(checkpoint))
+    assert sorted(fed) == list(range(step, 17))
+    assert fed == {s: expected[s] for s in range(step, 17)}
+
+
+def test_every_epoch_is_a_new_order_of_the_same_items():
+    sampler = EpochShuffle(10, seed=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert sorted(first) == sorted(sampler) == list(range(10)) and first != list(sampler)
+
+
+def test_an_epoch_serves_whole_batches_only():
+    sampler = EpochShuffle(42, seed=0, batch_size=8)
+    assert len(sampler) == len(list(sampler)) == 40
