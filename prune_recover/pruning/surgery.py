@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from prune_recover.arch import GatedMLP, base_linear, decoder_blocks, gated_mlp, gated_mlps, set_decoder_blocks, unwrap
+from prune_recover.logs import get_logger
 
 # Config fields that hold one entry per decoder block and must follow block removal.
 PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers")
+
+log = get_logger(__name__)
 
 
 def slice_parameter(
@@ -32,10 +35,38 @@ def slice_parameter(
     if param.grad is not None:
         param.grad = param.grad.index_select(dim, index).contiguous()
     for optimizer in optimizers:
-        state = optimizer.state.get(param)
-        for key, value in (state or {}).items():
-            if torch.is_tensor(value) and value.shape == old_shape:
-                state[key] = value.index_select(dim, index.to(value.device)).contiguous()
+        _slice_state(optimizer, param, old_shape, index, dim)
+
+
+def _slice_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, old_shape, index, dim: int) -> None:
+    """Slice `param`'s optimizer state along `dim` like the parameter.
+
+    A state tensor shaped like the parameter (Adam's moments) or with size 1 on the other dims (Adafactor's
+    row and column factors) is sliced along `dim`, or kept when its size there is 1 (a factor over `dim`).
+    Any other shape (blockwise or quantized states) cannot be sliced: the parameter's state is dropped, so the
+    optimizer starts it afresh on the next step, with a warning, never left stale.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    sliced = {}
+    for key, value in state.items():
+        if not torch.is_tensor(value) or value.numel() == 1:
+            sliced[key] = value  # step counters and other scalars
+        elif value.ndim == len(old_shape) and all(
+            size in (1, old) for size, old in zip(value.shape, old_shape, strict=True)
+        ):
+            keep = value.shape[dim] == old_shape[dim] and old_shape[dim] != 1
+            sliced[key] = value.index_select(dim, index.to(value.device)).contiguous() if keep else value
+        else:
+            log.warning(
+                "optimizer state '%s' of shape %s does not follow its parameter %s; restarting that parameter's "
+                "optimizer state after pruning",
+                key, tuple(value.shape), tuple(old_shape),
+            )  # fmt: skip
+            optimizer.state.pop(param)
+            return
+    state.update(sliced)
 
 
 def slice_linear(

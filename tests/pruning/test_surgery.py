@@ -83,6 +83,35 @@ def test_adam_moments_and_grads_are_sliced_not_reset():
     optimizer.step()  # shapes agree after surgery
 
 
+def test_adafactor_factors_are_sliced_and_training_continues():
+    model, _ = tiny_random("llama")
+    optimizer = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+    model(TOKENS, labels=TOKENS).loss.backward()
+    optimizer.step()
+    gate, down = gated_mlps(model)[1].gate_proj.weight, gated_mlps(model)[1].down_proj.weight
+    rows, columns = optimizer.state[gate]["row_var"].clone(), optimizer.state[down]["col_var"].clone()
+    keep = random_keep(40, 4)
+
+    prune_mlp_neurons(model, keep, [optimizer])
+
+    torch.testing.assert_close(optimizer.state[gate]["row_var"], rows[keep[1]])  # a factor over the pruned rows
+    torch.testing.assert_close(optimizer.state[down]["col_var"], columns[:, keep[1]])
+    optimizer.zero_grad()
+    model(TOKENS, labels=TOKENS).loss.backward()
+    optimizer.step()  # crashed when the factors kept their old shapes
+
+
+def test_optimizer_state_of_another_layout_is_restarted_not_left_stale():
+    model, _ = tiny_random("llama")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gate = gated_mlps(model)[1].gate_proj.weight
+    optimizer.state[gate] = {"step": torch.tensor(3.0), "quantized": torch.zeros(gate.numel(), dtype=torch.uint8)}
+
+    prune_mlp_neurons(model, random_keep(40, 4), [optimizer])
+
+    assert gate not in optimizer.state
+
+
 @pytest.mark.parametrize("family", ["llama", "phi3"])
 def test_lora_adapters_are_sliced_with_their_layers(family, tmp_path):
     model, tokenizer = tiny_random(family)
