@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_recover.jobs.configs import build, evaluator_for, register_resolvers
 from prune_recover.jobs.export import check_push_target
+from prune_recover.jobs.preflight import check_run
 from prune_recover.jobs.prune_and_recover import prune_and_recover
 from prune_recover.jobs.prune_only import prune_only
 from prune_recover.models import load_config, load_model, load_tokenizer
@@ -31,6 +32,7 @@ def run(cfg: DictConfig) -> dict | None:
     if pruner is not None:
         pruner.plan(load_config(cfg.model.name))
     check_push_target(cfg.export.push_to_hub)
+    check_run(cfg)  # the output folder, a resume's settings, combinations that cannot work
     config = OmegaConf.to_container(cfg, resolve=True)
     run_info = {"model": cfg.model.name, "recipe": cfg.recipe_name, "command": command_line(), "config": config}
     export_settings = dict(cfg.export)

@@ -12,6 +12,7 @@ from prune_recover.evaluation.evaluator import Evaluator
 from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
 from prune_recover.evaluation.report import run_report
 from prune_recover.jobs.export import export
+from prune_recover.jobs.preflight import check_complete
 from prune_recover.logs import get_logger
 from prune_recover.training.datamodule import CausalLMDataModule
 from prune_recover.training.loggers import log_final
@@ -53,6 +54,7 @@ def prune_and_recover(
             raise callback.stopped  # a resumable checkpoint is written; no export of a half-trained model
     if trainer.interrupted:
         raise RuntimeError("training was interrupted before it finished; nothing exported (resume with ckpt_path=last)")
+    check_complete(trainer, pruning, module)  # a half-done schedule is a failure, not a result
     if not trainer.is_global_zero:
         return None
     model = module.merged_model()

@@ -1,7 +1,8 @@
 """One rank of a 2-process gloo group streaming the training split with 2 DataLoader workers; writes the
 first 8 tokens of every block it was served, as text, to OUT_JSON.
 
-Usage: RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/training/stream_share_worker.py OUT_JSON FILES_JSON
+Usage: RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p \
+    python tests/training/stream_share_worker.py OUT_JSON FILES_JSON
 """
 
 import json

@@ -1,0 +1,130 @@
+"""Refuse what a run cannot do before anything expensive starts, and a run that did not do what was asked.
+
+Before the model loads (`check_run`):
+- the output folder: not empty; one that holds a run (`final/`, `pruning_report.json`, checkpoints) is
+  refused unless the run resumes it (`ckpt_path`, or a SLURM requeue's `hpc_ckpt_N.ckpt`) or `overwrite=true`
+  asks to replace it (the old files are moved aside into `replaced-<time>/`, never deleted);
+- a resume under other settings than the run it resumes (model, pruning, schedule, recovery method, data
+  block size): the saved `run_settings.json` is compared and every difference is named;
+- combinations that cannot work: `importance=taylor` with `stats_source=training` (training statistics hold
+  no gradients), a `cpt_then_lora` LoRA stage that starts after the last step.
+After training (`check_complete`): every scheduled pruning event happened and a `cpt_then_lora` run reached its
+LoRA stage; otherwise nothing is exported and the run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from prune_recover.files import write_json_atomic
+
+SETTINGS_FILE = "run_settings.json"
+# What a resumed run must share with the run it resumes (a path into the config, dotted).
+RESUME_KEYS = ("model.name", "pruning", "schedule", "recovery.method", "data.block_size")
+# What marks an output folder as used by an earlier run.
+RUN_OUTPUTS = ("final", "pruning_report.json", "checkpoints", "hpc_ckpt_*.ckpt")
+
+
+def check_run(cfg: DictConfig) -> None:
+    """All checks that need only the config and the output folder; records the settings of a new run."""
+    if not str(cfg.output_dir or "").strip():
+        raise ValueError("output_dir is empty; give the folder the run writes to, e.g. output_dir=outputs/run1")
+    check_combinations(cfg)
+    output_dir = Path(cfg.output_dir)
+    settings = run_settings(cfg)
+    if resuming(cfg):
+        check_resume_settings(output_dir, settings)
+        return
+    used = used_outputs(output_dir)
+    if used and not cfg.get("overwrite", False):
+        raise FileExistsError(
+            f"output_dir {output_dir} holds an earlier run ({', '.join(p.name for p in used)}); resume it with "
+            "ckpt_path=last, choose another output_dir, or pass overwrite=true to move its files aside"
+        )
+    if is_global_zero():
+        if used:
+            aside = output_dir / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+            aside.mkdir()
+            for path in used:
+                shutil.move(str(path), aside / path.name)
+        write_json_atomic(output_dir / SETTINGS_FILE, settings)
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Settings that are valid one by one but cannot work together."""
+    pruning, stats_source = cfg.get("pruning"), cfg.callbacks.pruning.get("stats_source", "calibration")
+    if pruning is not None and pruning.get("importance") == "taylor" and stats_source == "training":
+        raise ValueError(
+            "importance=taylor needs gradients from calibration batches; callbacks.pruning.stats_source=training "
+            "records activations only. Use stats_source=calibration, or an activation-based importance"
+        )
+    module, max_steps = cfg.recovery.get("module") or {}, cfg.trainer.get("max_steps", -1)
+    if cfg.recovery.method == "cpt_then_lora" and max_steps is not None and max_steps > 0:
+        if module.get("lora_from_step") is not None and module.lora_from_step >= max_steps:
+            raise ValueError(
+                f"recovery.module.lora_from_step={module.lora_from_step} is not before trainer.max_steps={max_steps}: "
+                "the LoRA stage of cpt_then_lora would never start"
+            )
+
+
+def run_settings(cfg: DictConfig) -> dict:
+    """The settings a resumed run must share with the run it resumes."""
+    return {key: _plain(OmegaConf.select(cfg, key)) for key in RESUME_KEYS}
+
+
+def resuming(cfg: DictConfig) -> bool:
+    """True when the run continues an earlier one: `ckpt_path`, or an hpc checkpoint of a SLURM requeue."""
+    return cfg.ckpt_path is not None or any(Path(cfg.output_dir).glob("hpc_ckpt_*.ckpt"))
+
+
+def check_resume_settings(output_dir: Path, settings: dict) -> None:
+    """Refuse to resume under other settings than those recorded by the run being resumed."""
+    saved_file = output_dir / SETTINGS_FILE
+    if not saved_file.is_file():
+        return  # a run from before the settings were recorded: nothing to compare
+    saved = json.loads(saved_file.read_text())
+    differences = [
+        f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in settings.items() if saved.get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"the run in {output_dir} was started with other settings; resuming would train and report a model the "
+            f"settings do not describe: {'; '.join(differences)}. Resume with the original settings, or start a new "
+            "output_dir"
+        )
+
+
+def used_outputs(output_dir: Path) -> list[Path]:
+    """The files and folders of an earlier run in `output_dir`."""
+    return sorted({path for pattern in RUN_OUTPUTS for path in output_dir.glob(pattern)})
+
+
+def is_global_zero() -> bool:
+    """Rank zero of a launch by torchrun / Lightning (`RANK`) or SLURM (`SLURM_PROCID`); True when alone."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def check_complete(trainer, pruning, module) -> None:
+    """Fail a finished fit that did not do what was asked (nothing is exported then)."""
+    missing = [event.step for event in pruning.planned[len(pruning.events) :]]
+    if missing:
+        raise RuntimeError(
+            f"training stopped at step {trainer.global_step} (max_epochs, max_time or early stopping) before the "
+            f"pruning events at steps {missing}: the model is only partly pruned, so nothing was exported. Resume "
+            f"with ckpt_path=last and a budget past step {missing[-1]}"
+        )
+    if module.method == "cpt_then_lora" and not module.lora_active:
+        raise RuntimeError(
+            f"training stopped at step {trainer.global_step}, before the LoRA stage of cpt_then_lora "
+            f"(lora_from_step={module.lora_from_step}); nothing was exported"
+        )
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

@@ -1,0 +1,60 @@
+"""Refusals before the model loads, and runs that did not do what was asked failing instead of exporting."""
+
+import json
+
+import pytest
+
+from tests.test_train_cli import compose_config, tiny_overrides
+from train import run
+
+PRUNE_ONLY = ["recovery=none"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["output_dir="], "output_dir is empty"),
+        (["pruning.importance=taylor", "callbacks.pruning.stats_source=training"], "taylor needs gradients"),
+        (["recovery=cpt_then_lora", "recovery.module.lora_from_step=4"], "would never start"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_anything_is_written(wikitext_dir, tmp_path, overrides, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + overrides))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_used_output_dir_is_refused_unless_overwrite_moves_the_old_run_aside(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    run(compose_config(tiny_overrides(wikitext_dir, out) + PRUNE_ONLY))
+    first_report = (out / "pruning_report.json").read_text()
+
+    with pytest.raises(FileExistsError, match="holds an earlier run .*final.*overwrite=true"):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + PRUNE_ONLY))
+    assert (out / "pruning_report.json").read_text() == first_report  # untouched
+
+    run(compose_config(tiny_overrides(wikitext_dir, out) + PRUNE_ONLY + ["overwrite=true"]))
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "pruning_report.json").read_text() == first_report and (aside / "final").is_dir()
+    assert (out / "final" / "config.json").is_file()
+
+
+def test_resuming_under_other_settings_is_refused_and_names_them(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    run(compose_config(tiny_overrides(wikitext_dir, out)))
+    settings = json.loads((out / "run_settings.json").read_text())
+    assert settings["pruning"]["ratio"] == 0.4 and settings["model.name"] == "tiny-random"
+
+    resumed = tiny_overrides(wikitext_dir, out) + ["ckpt_path=last", "pruning.ratio=0.5", "trainer.max_steps=6"]
+    with pytest.raises(ValueError, match=r"other settings.*pruning: .*'ratio': 0.4.* then, .*'ratio': 0.5"):
+        run(compose_config(resumed))
+
+
+def test_a_schedule_left_half_done_fails_and_exports_nothing(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    epoch_of_3_steps = ["trainer.max_steps=-1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
+    schedule = ["schedule=linear", "schedule.start_step=0", "schedule.end_step=6", "schedule.num_events=2"]
+    with pytest.raises(RuntimeError, match=r"before the pruning events at steps \[6\].*nothing was exported"):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + schedule))
+    assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
