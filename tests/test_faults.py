@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.tiny_models import tiny_random
-from prune_recover.training.distributed import DecoderBlockFSDP
+from prune_recover.training.distributed import decoder_block_class, decoder_block_fsdp
 from prune_recover.training.guards import FiniteLossGuard, NonFiniteLossError
 from prune_recover.training.pruning_callback import PruningCallback
 from prune_recover.training.recovery_module import RecoveryModule
@@ -135,11 +135,16 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 def test_fsdp_refuses_pruning_after_step_zero_and_names_the_alternatives():
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=20, logger=False, enable_progress_bar=False)
     trainer.strategy._accelerator = None
-    fsdp = DecoderBlockFSDP()
+    fsdp = decoder_block_fsdp("tiny-random")
     trainer._accelerator_connector.strategy = fsdp  # FSDP needs a GPU to run; the refusal happens before that
     pruning = PruningCallback(Pruner(ratio=0.5), {"kind": "cubic", "end_step": 9, "num_events": 3})
     module = RecoveryModule(tiny_random("llama")[0])
     with pytest.raises(ValueError, match="not supported under FSDP.*trainer=ddp.*recovery=none"):
         pruning.setup(trainer, module, "fit")
-    fsdp._lightning_module = module
-    assert fsdp.block_class().__name__ == "LlamaDecoderLayer"
+
+
+@pytest.mark.parametrize(
+    "family, block", [("llama", "LlamaDecoderLayer"), ("qwen2", "Qwen2DecoderLayer"), ("phi3", "Phi3DecoderLayer")]
+)
+def test_fsdp_wraps_and_checkpoints_the_families_own_decoder_block(family, block):
+    assert decoder_block_class(tiny_random(family)[0].config).__name__ == block

@@ -15,6 +15,7 @@ from prune_recover.jobs.export import export
 from prune_recover.jobs.preflight import check_complete
 from prune_recover.logs import get_logger
 from prune_recover.training.datamodule import CausalLMDataModule
+from prune_recover.training.full_state import exported_model
 from prune_recover.training.loggers import log_final
 from prune_recover.training.pruning_callback import PruningCallback
 from prune_recover.training.recovery_module import RecoveryModule
@@ -55,9 +56,9 @@ def prune_and_recover(
     if trainer.interrupted:
         raise RuntimeError("training was interrupted before it finished; nothing exported (resume with ckpt_path=last)")
     check_complete(trainer, pruning, module)  # a half-done schedule is a failure, not a result
-    if not trainer.is_global_zero:
+    model = exported_model(trainer, module)  # under FSDP every rank takes part in the gather
+    if model is None:  # not global rank zero
         return None
-    model = module.merged_model()
     final = evaluator.summary(model)
     # Measured directly: trainer.validate() would reload a SLURM hpc checkpoint instead of these weights.
     final["val_ppl"] = perplexity(model, data.val_ids(), PerplexityProtocol(data.block_size, data.max_val_blocks)).ppl

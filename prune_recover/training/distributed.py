@@ -8,18 +8,22 @@ averaged across ranks), and FSDP then shards the pruned model. Events after step
 schedules, `schedule.start_step > 0`) are refused with an error; run them with `trainer=ddp`, or
 prune in one job (`recovery=none`) and recover the exported model with `trainer=fsdp` in a second.
 A resumed FSDP job repeats the step-0 event before sharding (same model, same calibration batches,
-same shapes) and then loads the sharded checkpoint into it.
+same shapes) and then loads the sharded checkpoint into it. After training, every rank takes part in
+gathering the full model for evaluation and export (`full_state.py`).
 """
 
 from __future__ import annotations
+
+import sys
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from prune_recover.arch import decoder_blocks
+from prune_recover.models import load_config
 
 FSDP_PRUNING_HELP = (
     "pruning events after step 0 are not supported under FSDP (sharded parameters cannot change shape). "
@@ -28,32 +32,30 @@ FSDP_PRUNING_HELP = (
 )
 
 
-class DecoderBlockFSDP(FSDPStrategy):
-    """`FSDPStrategy` whose wrap and activation-checkpointing unit is the model's own decoder-block class.
+def decoder_block_fsdp(model_name: str, activation_checkpointing: bool = True, **kwargs) -> FSDPStrategy:
+    """Lightning's `FSDPStrategy` with the model's own decoder-block class as wrap and checkpointing unit.
 
-    The class (LlamaDecoderLayer, Qwen2DecoderLayer, ...) is read from the LightningModule's model when
-    the strategy wraps it, so one config serves every family.
+    The class (LlamaDecoderLayer, Qwen2DecoderLayer, ...) is read from the model's config alone (no weights
+    load), so one trainer config serves every family; only the strategy's public arguments are used.
 
     Args:
+        model_name: What `load_model` accepts (alias, directory, `.gguf`, hub id).
         activation_checkpointing: Recompute each block's activations in backward.
         **kwargs: Passed to `FSDPStrategy` (`sharding_strategy`, `state_dict_type`, `cpu_offload`, ...).
     """
+    block = decoder_block_class(load_config(model_name))
+    return FSDPStrategy(
+        auto_wrap_policy={block},
+        activation_checkpointing_policy={block} if activation_checkpointing else None,
+        **kwargs,
+    )
 
-    def __init__(self, activation_checkpointing: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.checkpoint_blocks = activation_checkpointing
 
-    def block_class(self) -> type[nn.Module]:
-        return type(decoder_blocks(self.lightning_module.model)[0])
-
-    def _setup_model(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-        block = self.block_class()
-        self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy({block})
-        if self.checkpoint_blocks:
-            self._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy({block})}
-        return super()._setup_model(model)
+def decoder_block_class(config) -> type[nn.Module]:
+    """The decoder-block class of a config's causal LM (its `_no_split_modules`, as accelerate uses it)."""
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    (name,) = model_class._no_split_modules
+    return getattr(sys.modules[model_class.__module__], name)
 
 
 def is_fsdp(strategy) -> bool:
