@@ -6,6 +6,7 @@ import hashlib
 import os
 import sys
 import sysconfig
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -28,14 +29,43 @@ def stdlib() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-RESOLVERS = {"stable_id": stable_id, "stderr_is_terminal": stderr_is_terminal, "stdlib": stdlib}
+def cpu_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """`bf16-mixed` on a CPU with bfloat16 instructions (AVX512-BF16 or AMX), where it trains ~3x faster
+    than float32; `32-true` elsewhere (without them bf16 autocast is slower than float32)."""
+    flags = set()
+    if Path(cpuinfo).is_file():
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+                break
+    return "bf16-mixed" if flags & {"avx512_bf16", "amx_bf16"} else "32-true"
+
+
+RESOLVERS = {
+    "stable_id": stable_id,
+    "stderr_is_terminal": stderr_is_terminal,
+    "stdlib": stdlib,
+    "cpu_precision": cpu_precision,
+}
 
 
 def register_resolvers() -> None:
-    """Register the resolvers the configs use (`stable_id`, `stderr_is_terminal`, `stdlib`); idempotent."""
+    """Register the resolvers the configs use (`stable_id`, `stderr_is_terminal`, `stdlib`, `cpu_precision`)."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def compose_train_config(overrides: list[str]):
+    """The config `python train.py <overrides>` runs with, composed outside a Hydra run (resolvers registered)."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
 
 
 def build(node: Any, **kwargs: Any) -> Any:

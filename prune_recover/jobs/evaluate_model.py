@@ -13,23 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from prune_recover.evaluation.tasks import HEADLINE
 from prune_recover.files import write_json_atomic
-from prune_recover.jobs.configs import build, evaluator_for, register_resolvers
+from prune_recover.jobs.configs import build, compose_train_config, evaluator_for
 from prune_recover.models import load_model, load_tokenizer
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 USAGE = "usage: python -m prune_recover.eval MODEL [key=value ...]   (e.g. eval.tasks=[zeroshot] eval.task_limit=100)"
 
 
 def evaluate_model(model_name: str, overrides: list[str]) -> dict:
     """Score `model_name` with the `eval` and `data` config nodes; write and return the report."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model.name={model_name}", *overrides])
+    cfg = compose_train_config([f"model.name={model_name}", *overrides])
     output_dir = Path(
         cfg.output_dir if any(o.startswith("output_dir=") for o in overrides) else _default_out(model_name)
     )
