@@ -25,6 +25,8 @@ def run(cfg: DictConfig) -> dict | None:
     """Run the job described by a composed config and return its report (None off rank zero)."""
     if cfg.recovery.method not in RECOVERY_METHODS:
         raise ValueError(f"recovery.method must be one of {RECOVERY_METHODS}, got '{cfg.recovery.method}'")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     seed_everything(cfg.seed, workers=True)
     # Built first so that bad settings, missing files and unreachable targets fail before any weights load.
     pruner = build(cfg.pruning)
@@ -41,6 +43,7 @@ def run(cfg: DictConfig) -> dict | None:
             raise ValueError("recovery=none with pruning=none does nothing; enable pruning or recovery")
         tokenizer = load_tokenizer(cfg.model.name)
         data.set_tokenizer(tokenizer)
+        data.check_sizes(calibration=pruner.needs_calibration)
         evaluator = evaluator_for(cfg, data, tokenizer)  # reads and checks every text and task first
         model, _ = load_model(**cfg.model)
         return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info, export_settings)
@@ -51,6 +54,7 @@ def run(cfg: DictConfig) -> dict | None:
     trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
     tokenizer = load_tokenizer(cfg.model.name)
     data.set_tokenizer(tokenizer)
+    data.check_sizes(calibration=pruner is not None and pruner.needs_calibration)
     pruning.evaluator = evaluator_for(cfg, data, tokenizer)  # reads and checks every text and task first
     model, _ = load_model(**cfg.model)
     module = build(cfg.recovery.module, model=model)

@@ -24,6 +24,8 @@ def tiny_overrides(wikitext_dir, output_dir) -> list[str]:
         "model.name=tiny-random",
         "model.dtype=float32",
         "data=wikitext2",
+        "eval=default",
+        "recovery=full",
         "trainer=cpu",
         "trainer.precision=32-true",
         "trainer.accumulate_grad_batches=1",
@@ -83,7 +85,7 @@ def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext
         (["pruning.ratio=null", "pruning.target_params=1000"], ValueError, "smallest reachable count"),
         (["pruning.expansion_ratio=3"], ValueError, "set exactly one"),
         (["data.wikitext_dir=/nonexistent"], FileNotFoundError, "WikiText-2 train file not found"),
-        (["pruning.depth.num_blocks=9"], ValueError, "num_blocks=9 but the model has 4 blocks"),
+        (["pruning.depth.num_blocks=9"], ValueError, r"cannot remove 9 of 4 blocks \(pruning.depth.num_blocks\)"),
         (["recovery.method=magic"], ValueError, "recovery.method must be one of"),
     ],
 )

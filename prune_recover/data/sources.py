@@ -97,8 +97,6 @@ class Source:
 
     def rows(self, split: str, streaming: bool = False):
         """The rows of `split` as a `datasets.Dataset` (or `IterableDataset` when streaming) with one `text` column."""
-        import datasets
-
         self.check_split(split)
         if not self.is_local:
             rows = self._hub_rows(split, streaming)
@@ -109,9 +107,7 @@ class Source:
                 raise ValueError(f"split '{split}' mixes file kinds {sorted(builders)}; use one kind per split")
             builder = builders.pop()
             extra = {"sample_by": "document"} if builder == "text" else {}
-            rows = datasets.load_dataset(
-                builder, data_files=[str(p) for p in paths], split="train", streaming=streaming, **extra
-            )
+            rows = _load_files(builder, paths, streaming, extra)
         columns = rows.column_names  # None for a stream whose features are not declared
         if columns is not None:
             if self.text_field not in columns:
@@ -141,3 +137,21 @@ def text_file_ids(paths: str | Path | list, tokenizer, separator: str = "eos"):
     """
     files = [paths] if isinstance(paths, str | Path) else list(paths)
     return joined_ids(Source.resolve(files={"text": files}).rows("text"), tokenizer, separator)
+
+
+def _load_files(builder: str, paths: list[Path], streaming: bool, extra: dict):
+    """Local files through a `datasets` builder; empty or unreadable files fail with their names."""
+    import datasets
+
+    empty = [str(p) for p in paths if p.stat().st_size == 0]
+    if empty:
+        raise ValueError(f"the data files {empty} are empty")
+    try:
+        return datasets.load_dataset(
+            builder, data_files=[str(p) for p in paths], split="train", streaming=streaming, **extra
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error.__context__ or error
+        raise ValueError(
+            f"cannot read {[str(p) for p in paths]} as {builder}: {type(cause).__name__}: {cause}"
+        ) from error

@@ -95,6 +95,11 @@ class Pruner:
         family_of(config)
         params = ParamModel.from_config(config)
         num_layers = params.num_layers - self.depth.num_blocks
+        if self.depth.num_blocks >= params.num_layers:
+            raise ValueError(
+                f"cannot remove {self.depth.num_blocks} of {params.num_layers} blocks (pruning.depth.num_blocks): "
+                "at least one must remain"
+            )
         if self.depth.num_blocks:
             removable = removable_blocks(params.num_layers, self.depth.protect_first, self.depth.protect_last)
             if self.depth.num_blocks > len(removable):

@@ -98,6 +98,10 @@ class WidthTarget:
     round_to: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("ratio", "expansion_ratio", "target_params"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"pruning.{name} must be a number or null, got {value!r}")
         given = [name for name in ("ratio", "expansion_ratio", "target_params") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(

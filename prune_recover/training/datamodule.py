@@ -89,6 +89,11 @@ class CausalLMDataModule(L.LightningDataModule):
         self.eval_sources = Source.resolve(**eval_from, text_field=text_field) if eval_from else None
         if block_size < 2 or batch_size < 1:
             raise ValueError(f"data.block_size must be >= 2 and batch_size >= 1, got {block_size}, {batch_size}")
+        if num_workers < 0 or (max_val_blocks is not None and max_val_blocks < 1):
+            raise ValueError(
+                f"data.num_workers must be >= 0 (0 = load in the main process) and data.max_val_blocks >= 1 or null "
+                f"(null = all), got {num_workers} and {max_val_blocks}"
+            )
         self.calibration = (
             calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(**(calibration or {}))
         )
@@ -203,6 +208,14 @@ class CausalLMDataModule(L.LightningDataModule):
         if self.max_val_blocks is not None:
             blocks = blocks.select(range(min(self.max_val_blocks, len(blocks))))
         return DataLoader(blocks, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def check_sizes(self, calibration: bool) -> None:
+        """Tokenize now and fail if training, validation or (when needed) calibration would get no data, before
+        any weights load; streamed training data is checked when it is read."""
+        if not self.streaming:
+            self._train_val_blocks()
+        if calibration:
+            self.calibration_batches()
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """Calibration windows `[batch_size, seq_len]`: from `calibration.split`, else from the training mixture."""

@@ -58,3 +58,43 @@ def test_a_schedule_left_half_done_fails_and_exports_nothing(wikitext_dir, tmp_p
     with pytest.raises(RuntimeError, match=r"before the pruning events at steps \[6\].*nothing was exported"):
         run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + schedule))
     assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
+
+
+def write_file(path, content: bytes) -> str:
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["pruning.ratio=abc"], "pruning.ratio must be a number or null, got 'abc'"),
+        (["seed=abc"], "seed must be an integer, got 'abc'"),
+        (["data.num_workers=-1"], r"data.num_workers must be >= 0 .* got -1"),
+        (["data.max_val_blocks=0"], r"data.max_val_blocks >= 1 or null .* got 0 and 0"),
+        (["data.calibration.num_samples=100000"], "asked for 100000 windows of 64 tokens but the text holds"),
+        (["pruning.depth.num_blocks=4"], "at least one must remain"),
+        ([("empty.txt", b"")], r"the data files \['.*empty.txt'\] are empty"),
+        ([("latin1.txt", b"caf\xe9 " * 50)], r"cannot read \['.*latin1.txt'\] as text: UnicodeDecodeError"),
+        ([("short.txt", b"hello world " * 4)], "short.txt .* gives 0 blocks of 64 tokens"),
+        ([("model.gguf", b"GGUF" + bytes(range(60)))], "model.gguf is GGUF v.*this reader handles v2 and v3"),
+    ],
+)
+def test_bad_input_is_refused_before_the_model_loads(wikitext_dir, tmp_path, monkeypatch, overrides, message):
+    import train
+
+    monkeypatch.setattr(train, "load_model", lambda **_: pytest.fail("the model loaded before the refusal"))
+    resolved = []
+    for item in overrides:
+        if isinstance(item, tuple):
+            name, content = item
+            path = write_file(tmp_path / name, content)
+            if name.endswith(".gguf"):
+                resolved += [f"model.name={path}", "model.dtype=null"]
+            else:
+                test = wikitext_dir / "wiki.test.raw"
+                resolved += ["data.wikitext_dir=null", f"data.files={{valid:{path},test:{test}}}"]
+        else:
+            resolved.append(item)
+    with pytest.raises(ValueError, match=message):
+        run(compose_config(tiny_overrides(wikitext_dir, tmp_path / "run") + resolved))

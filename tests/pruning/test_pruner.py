@@ -71,8 +71,10 @@ def test_bad_settings_fail_on_construction(kwargs, message):
 
 def test_more_blocks_than_exist_fails_in_plan_before_any_work():
     model, _ = tiny_random("llama")
-    with pytest.raises(ValueError, match="num_blocks=5 but the model has 4 blocks, 4 of them removable"):
+    with pytest.raises(ValueError, match="cannot remove 5 of 4 blocks .* at least one must remain"):
         Pruner(ratio=None, depth={"num_blocks": 5}).plan(model.config)
+    with pytest.raises(ValueError, match="num_blocks=3 but the model has 4 blocks, 2 of them removable"):
+        Pruner(ratio=None, depth={"num_blocks": 3, "protect_first": 1, "protect_last": 1}).plan(model.config)
     with pytest.raises(ValueError, match="0 of them removable with criterion 'taylor_plus'"):
         Pruner(ratio=None, depth={"num_blocks": 1, "criterion": "taylor_plus"}).plan(model.config)
 
