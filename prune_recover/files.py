@@ -24,6 +24,27 @@ def write_json_atomic(path: str | Path, data: dict) -> Path:
     return path
 
 
+def write_bytes_atomic(path: str | Path, write) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, flush it to disk, then rename it over `path`.
+
+    A crash or kill at any moment leaves either the old complete file or the new complete one, never a
+    truncated file, also when `path` is on another filesystem than `$TMPDIR` (the temporary file is a sibling,
+    so the rename is atomic), and the temporary file is removed if `write` fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def temporary_sibling(target: Path, tag: str = "tmp") -> Path:
     """A fresh hidden path next to `target` (same directory, hence same filesystem: renames are atomic)."""
     return target.parent / f".{target.name}.{tag}-{uuid.uuid4().hex[:8]}"

@@ -90,6 +90,19 @@ def test_sigusr1_writes_a_checkpoint_requeues_and_the_requeued_job_resumes_prune
     assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == 300
 
 
+def test_sigterm_checkpoints_at_a_step_boundary_and_exits_143_without_exporting(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    first = train_process(slow_run_overrides(wikitext_dir, out))
+    wait_for(out / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGTERM)  # SLURM's cancel, pre-emption and time limit
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]  # a scheduler never sees success
+    assert "stopped by SIGTERM after step" in stderr and "resume with ckpt_path=last" in stderr
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < saved["global_step"] < 300 and saved["hf_config"]["intermediate_size"] == 77
+    assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
+
+
 def test_sigkill_resumes_from_the_last_checkpoint_with_pruned_shapes(wikitext_dir, tmp_path):
     out = tmp_path / "run"
     first = train_process(slow_run_overrides(wikitext_dir, out))
@@ -130,6 +143,23 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 3
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("killed in the middle of the write")
+
+
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_checkpoint_whole(tmp_path):
+    from prune_recover.training.atomic_checkpoint import AtomicCheckpointIO
+
+    path = tmp_path / "other_fs" / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"global_step": 4, "weights": torch.ones(1000)}, path)
+    with pytest.raises(RuntimeError, match="middle of the write"):
+        writer.save_checkpoint({"global_step": 8, "weights": torch.zeros(1000), "late": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 4
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
 def test_fsdp_refuses_pruning_after_step_zero_and_names_the_alternatives():
