@@ -103,6 +103,7 @@ def _lora_params(cfg: DictConfig, before: ParamModel, width: int, layers: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: print the plan's table; 0 when it fits, 1 when it does not."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=8, help="GPUs the job runs on (all nodes)")
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one GPU, GiB")

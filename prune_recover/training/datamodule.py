@@ -91,8 +91,8 @@ class CausalLMDataModule(L.LightningDataModule):
             raise ValueError(f"data.block_size must be >= 2 and batch_size >= 1, got {block_size}, {batch_size}")
         if num_workers < 0 or (max_val_blocks is not None and max_val_blocks < 1):
             raise ValueError(
-                f"data.num_workers must be >= 0 (0 = load in the main process) and data.max_val_blocks >= 1 or null "
-                f"(null = all), got {num_workers} and {max_val_blocks}"
+                f"data.num_workers must be >= 0 and data.max_val_blocks >= 1 or null (null = all), "
+                f"got {num_workers} and {max_val_blocks}"
             )
         self.calibration = (
             calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(**(calibration or {}))
@@ -103,9 +103,7 @@ class CausalLMDataModule(L.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.val_fraction = val_fraction
         self.block_size, self.batch_size = block_size, batch_size
-        self.max_val_blocks = max_val_blocks
-        self.streaming = streaming
-        self.num_workers = num_workers
+        self.max_val_blocks, self.streaming, self.num_workers = max_val_blocks, streaming, num_workers
         self.mixture_seed = mixture_seed
         if mixture:
             self.components = [component_from_config(name, spec, document_separator) for name, spec in mixture.items()]
@@ -146,10 +144,7 @@ class CausalLMDataModule(L.LightningDataModule):
             raise RuntimeError("the data module has no tokenizer yet; call set_tokenizer(tokenizer)")
 
     def token_ids(self, split: str) -> torch.Tensor:
-        """Every token id of a top-level `split`, rows joined by the separator, as one 1-D tensor (cached).
-
-        The separator stands between rows only: a one-file split is its text's ids, nothing added.
-        """
+        """Every token id of a top-level `split` as one 1-D tensor (cached); the separator stands between rows only."""
         if split not in self._ids:
             self._check_tokenizer()
             self._ids[split] = joined_ids(self.source(split).rows(split), self.tokenizer, self.document_separator)
@@ -210,8 +205,7 @@ class CausalLMDataModule(L.LightningDataModule):
         return DataLoader(blocks, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def check_sizes(self, calibration: bool) -> None:
-        """Tokenize now and fail if training, validation or (when needed) calibration would get no data, before
-        any weights load; streamed training data is checked when it is read."""
+        """Fail now, before weights load, if training, validation or calibration would get no data (not streams)."""
         if not self.streaming:
             self._train_val_blocks()
         if calibration:

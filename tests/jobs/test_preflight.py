@@ -71,7 +71,7 @@ def write_file(path, content: bytes) -> str:
         (["pruning.ratio=abc"], "pruning.ratio must be a number or null, got 'abc'"),
         (["seed=abc"], "seed must be an integer, got 'abc'"),
         (["data.num_workers=-1"], r"data.num_workers must be >= 0 .* got -1"),
-        (["data.max_val_blocks=0"], r"data.max_val_blocks >= 1 or null .* got 0 and 0"),
+        (["data.max_val_blocks=0"], r"data.max_val_blocks >= 1 or null .*got 0 and 0"),
         (["data.calibration.num_samples=100000"], "asked for 100000 windows of 64 tokens but the text holds"),
         (["pruning.depth.num_blocks=4"], "at least one must remain"),
         ([("empty.txt", b"")], r"the data files \['.*empty.txt'\] are empty"),
