@@ -4,15 +4,17 @@ Trainer feeds exactly the batches the uninterrupted run fed after that step (Epo
 import lightning as L
 import pytest
 import torch
+from datasets import Dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from prune_recover.training.resume import EpochShuffle
+from prune_recover.training.resume import EpochShuffle, StreamLoader
 
 
 class Recorder(L.LightningModule):
-    def __init__(self):
+    def __init__(self, streaming: bool = False):
         super().__init__()
+        self.streaming = streaming
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.fed: dict[int, list[int]] = {}
 
@@ -24,13 +26,16 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
     def train_dataloader(self):
+        if self.streaming:  # a stream without a length: Lightning fetches one batch ahead
+            stream = Dataset.from_dict({"x": list(range(200))}).to_iterable_dataset().with_format("torch")
+            return StreamLoader(stream, batch_size=8, collate_fn=lambda rows: torch.stack([r["x"] for r in rows]))
         return StatefulDataLoader(
             list(range(42)), batch_size=8, sampler=EpochShuffle(42, seed=3, batch_size=8), drop_last=True
         )
 
 
-def fit(tmp_path, ckpt_path=None) -> dict[int, list[int]]:
-    module = Recorder()
+def fit(tmp_path, ckpt_path=None, streaming=False) -> dict[int, list[int]]:
+    module = Recorder(streaming)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
     trainer = L.Trainer(
         max_steps=17, callbacks=[checkpoints], logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -64,3 +69,11 @@ def test_every_epoch_is_a_new_order_of_the_same_items():
 def test_an_epoch_serves_whole_batches_only():
     sampler = EpochShuffle(42, seed=0, batch_size=8)
     assert len(sampler) == len(list(sampler)) == 40
+
+
+@pytest.mark.parametrize("step", [3, 9])
+def test_a_resumed_stream_continues_after_the_last_batch_trained_not_the_one_prefetched(tmp_path, step):
+    expected = fit(tmp_path / "reference", streaming=True)
+    (checkpoint,) = (tmp_path / "reference" / "ckpt").glob(f"*-step={step}.ckpt")
+    fed = fit(tmp_path / "resumed", ckpt_path=str(checkpoint), streaming=True)
+    assert fed == {s: expected[s] for s in range(step, 17)}
