@@ -80,7 +80,7 @@ def main() -> None:
     for ratio in RATIOS:
         width = WidthTarget(ratio=ratio).width(params)
         for name, scorer in SCORERS.items():
-            for refit in (False, True):
+            for refit in (True,) if scorer.select else (False, True):  # a joint selector always refits
 
                 def run(scorer=scorer, refit=refit, width=width):
                     if refit or scorer.data_driven:

@@ -13,18 +13,24 @@ and need no data; data-driven ones read `NeuronStats` gathered on calibration ba
 | `activation` | L2 norm over calibration tokens of down_proj input i | activations |
 | `wanda` | `activation` * L2(down column i) | activations |
 | `taylor` | sum over batches of abs(grad * weight) over gate row, up row, down column | gradients |
+| `obs` | no score: neurons chosen jointly with the down_proj refit (`obs.py`) | activations + Gram |
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
 
 from prune_recover.arch import GatedMLP
 from prune_recover.pruning.calibration import NeuronStats
+from prune_recover.pruning.obs import obs_select
+
+# Neurons `obs` removes per round (pruning.obs_round overrides).
+OBS_ROUND = 8
 
 Needs = Literal["weights", "activations", "gradients"]
 
@@ -37,17 +43,21 @@ class Scorer:
         name: Registry key used in configs (`pruning.importance=<name>`).
         fn: Computes one score per intermediate neuron.
         needs: What the scorer reads: `weights` only, calibration `activations`, or `gradients`.
+        select: For a joint selector (`obs`): `(mlp, stats, width, damp) -> kept indices`; `fn` is then None.
     """
 
     name: str
-    fn: Callable[[GatedMLP, NeuronStats | None], torch.Tensor]
+    fn: Callable[[GatedMLP, NeuronStats | None], torch.Tensor] | None
     needs: Needs
+    select: Callable[..., torch.Tensor] | None = None
 
     @property
     def data_driven(self) -> bool:
         return self.needs != "weights"
 
     def __call__(self, mlp: GatedMLP, stats: NeuronStats | None = None) -> torch.Tensor:
+        if self.fn is None:
+            raise ValueError(f"'{self.name}' selects neurons jointly with the refit; it gives no per-neuron score")
         if self.data_driven and stats is None:
             raise ValueError(f"scorer '{self.name}' needs calibration {self.needs}, but no statistics were given")
         if self.needs == "gradients" and stats.taylor is None:
@@ -108,6 +118,7 @@ SCORERS: dict[str, Scorer] = {
         Scorer("activation", _activation, "activations"),
         Scorer("wanda", _wanda, "activations"),
         Scorer("taylor", _taylor, "gradients"),
+        Scorer("obs", None, "activations", select=partial(obs_select, round_size=OBS_ROUND)),
     )
 }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -20,7 +22,8 @@ from prune_recover.lm import count_parameters
 from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, collect_taylor_stats
 from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
-from prune_recover.pruning.importance import get_scorer
+from prune_recover.pruning.importance import OBS_ROUND, get_scorer
+from prune_recover.pruning.obs import obs_select
 from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan
 from prune_recover.pruning.surgery import remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
@@ -48,6 +51,7 @@ class Pruner:
             every layer held at once), `layerwise` (same statistics, one layer's held at a time) or
             `sequential` (each layer calibrated on the outputs of the already-pruned layers).
         depth: Depth settings (`DepthSpec` fields).
+        obs_round: Neurons `importance=obs` removes per round (1 = greedy, re-ranked after every removal).
         Leave all of ratio, expansion_ratio and target_params null for depth-only pruning.
     """
 
@@ -62,8 +66,17 @@ class Pruner:
         refit_damp: float = 1e-4,
         calibration_mode: str = "oneshot",
         depth: DepthSpec | Mapping | None = None,
+        obs_round: int = OBS_ROUND,
     ):
         self.scorer = get_scorer(importance)
+        if self.scorer.select is not None:
+            if not refit:
+                raise ValueError(
+                    f"importance={importance} chooses neurons together with the refit: set pruning.refit=true"
+                )
+            if not isinstance(obs_round, int) or obs_round < 1:
+                raise ValueError(f"pruning.obs_round must be a positive integer, got {obs_round!r}")
+            self.scorer = replace(self.scorer, select=partial(obs_select, round_size=obs_round))
         widths_given = any(value is not None for value in (ratio, expansion_ratio, target_params))
         self.target = WidthTarget(ratio, expansion_ratio, target_params, round_to) if widths_given else None
         self.depth = depth if isinstance(depth, DepthSpec) else DepthSpec(**(depth or {}))

@@ -39,7 +39,14 @@ def prune_layer(
         refit_damp: None keeps the surviving down_proj columns as they are; a float refits them by
             damped least squares on `stats.gram` (see `refit.py`).
     """
-    keep = select_neurons(scorer(mlp, stats), width)
+    if scorer.select is not None:
+        if refit_damp is None:
+            raise ValueError(
+                f"importance={scorer.name} chooses neurons together with the refit: set pruning.refit=true"
+            )
+        keep = scorer.select(mlp, stats, width, refit_damp)
+    else:
+        keep = select_neurons(scorer(mlp, stats), width)
     if refit_damp is not None:
         if stats is None or stats.gram is None:
             raise ValueError("the down_proj refit needs calibration statistics with a Gram matrix")

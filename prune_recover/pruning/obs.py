@@ -1,0 +1,69 @@
+"""Joint selection and refit (`importance=obs`): drop the neurons whose removal costs the layer's output least.
+
+With `X` the down_proj input on calibration tokens (tokens x n), `G = X^T X` damped as the refit damps it,
+`H = G^-1` and `W` the down_proj weight (hidden x n), removing neuron `q` while refitting the others by least
+squares raises the layer's output error `||X_S W_S^T - X W^T||^2` by exactly
+
+    cost(q) = ||W[:, q]||^2 / H[q, q]                      (Optimal Brain Surgeon on the layer's inputs)
+
+and the refitted weights and the inverse Gram of the remaining neurons follow by rank-one updates:
+
+    W <- W - W[:, q] H[q, :] / H[q, q],      H <- H - H[:, q] H[q, :] / H[q, q].
+
+`obs_keep` removes neurons in rounds of `round_size`: each round ranks the alive neurons by `cost`, takes
+the cheapest `round_size` and removes them one at a time with the updates (so the next ones are charged
+for what is already gone). A round of 1 is the greedy optimum at every step. The choice is made on the
+statistics it is given, so with `calibration_mode=sequential` (or `layerwise` and `propagate=pruned`) each
+layer is chosen on the already-pruned prefix's activations, and the final weights come from the same
+refit as `activation + refit` (`refit.py`), in the plain Hugging Face layout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prune_recover.arch import GatedMLP
+from prune_recover.pruning.calibration import NeuronStats
+
+
+@torch.no_grad()
+def obs_keep(weight: torch.Tensor, gram: torch.Tensor, width: int, damp: float, round_size: int) -> torch.Tensor:
+    """Indices (ascending) of the `width` neurons kept by progressive OBS removal.
+
+    Args:
+        weight: down_proj weight `[hidden, n]`.
+        gram: `X^T X` of the down_proj input, `[n, n]`.
+        damp: Ridge strength relative to the mean diagonal of `gram` (as the refit uses it).
+        round_size: Neurons removed per round (ranked once per round, removed one by one).
+    """
+    n = gram.shape[0]
+    if not 0 < width <= n:
+        raise ValueError(f"cannot keep {width} of {n} neurons")
+    if round_size < 1:
+        raise ValueError(f"pruning.obs_round must be >= 1, got {round_size}")
+    gram = gram.double()
+    ridge = damp * gram.diagonal().mean() + torch.finfo(torch.float64).tiny
+    inverse = torch.linalg.inv(gram + ridge * torch.eye(n, dtype=gram.dtype, device=gram.device))
+    current = weight.detach().to(gram.device, torch.float64).clone()
+    alive = torch.ones(n, dtype=torch.bool, device=gram.device)
+    remaining = n
+    while remaining > width:
+        cost = current.square().sum(0) / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
+        cost[~alive] = torch.inf
+        for q in torch.argsort(cost, stable=True)[: min(round_size, remaining - width)].tolist():
+            pivot = inverse[q, q]
+            current -= torch.outer(current[:, q], inverse[q]) / pivot
+            inverse -= torch.outer(inverse[:, q], inverse[q]) / pivot
+            current[:, q] = 0
+            inverse[q, :] = 0
+            inverse[:, q] = 0
+            alive[q] = False
+            remaining -= 1
+    return alive.nonzero().flatten()
+
+
+def obs_select(mlp: GatedMLP, stats: NeuronStats, width: int, damp: float, round_size: int) -> torch.Tensor:
+    """`obs_keep` for one gated MLP from its calibration statistics (which must hold the Gram matrix)."""
+    if stats is None or stats.gram is None:
+        raise ValueError("importance=obs needs calibration statistics with a Gram matrix (pruning.refit=true)")
+    return obs_keep(mlp.down_weight(), stats.gram, width, damp, round_size)

@@ -1,0 +1,81 @@
+"""`importance=obs`: the selection minimises the layer's refitted output error."""
+
+import itertools
+
+import pytest
+import torch
+
+from prune_recover.arch import gated_mlps
+from prune_recover.pruning.calibration import collect_activation_stats
+from prune_recover.pruning.importance import select_neurons
+from prune_recover.pruning.obs import obs_keep
+from prune_recover.pruning.pruner import Pruner
+from prune_recover.tiny_models import tiny_random
+
+DAMP = 1e-4
+
+
+def refit_error(weight, gram, keep, damp=DAMP):
+    """The layer's (damped) output error after the least-squares refit of the kept columns `keep`."""
+    gram, weight = gram.double(), weight.double()
+    ridge = damp * gram.diagonal().mean() + torch.finfo(torch.float64).tiny
+    damped = gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
+    refitted = torch.linalg.solve(damped[keep][:, keep], damped[keep] @ weight.T).T
+    full = torch.zeros_like(weight)
+    full[:, keep] = refitted
+    difference = full - weight
+    return torch.einsum("hi,ij,hj->", difference, damped, difference).item()
+
+
+@pytest.fixture(scope="module")
+def layers():
+    """(down_proj weight, Gram of its input, activation norms) of every layer of a tiny Llama on random tokens."""
+    torch.manual_seed(0)
+    model, _ = tiny_random("llama")
+    batches = [torch.randint(3, 200, (4, 48)) for _ in range(4)]
+    stats = collect_activation_stats(model, batches, gram=True)
+    return [
+        (mlp.down_weight().detach(), stats[i].gram, stats[i].activation_norm) for i, mlp in enumerate(gated_mlps(model))
+    ]
+
+
+def test_removing_one_neuron_picks_the_neuron_an_exhaustive_search_picks(layers):
+    for weight, gram, _ in layers:
+        n = gram.shape[0]
+        errors = [refit_error(weight, gram, torch.tensor([j for j in range(n) if j != q])) for q in range(n)]
+        (removed,) = set(range(n)) - set(obs_keep(weight, gram, n - 1, DAMP, round_size=1).tolist())
+        assert removed == min(range(n), key=errors.__getitem__)
+
+
+@pytest.mark.parametrize("width", [96, 64, 32])
+def test_the_refitted_output_error_is_never_larger_than_after_activation_norm_selection(layers, width):
+    for weight, gram, norm in layers:
+        ours = refit_error(weight, gram, obs_keep(weight, gram, width, DAMP, round_size=8))
+        by_norm = refit_error(weight, gram, select_neurons(norm, width))
+        assert ours <= by_norm * (1 + 1e-9)
+
+
+def test_greedy_removal_comes_close_to_the_best_subset_on_a_small_layer():
+    torch.manual_seed(1)
+    x = torch.randn(200, 8, dtype=torch.float64) @ torch.randn(8, 8, dtype=torch.float64)  # correlated inputs
+    weight, gram = torch.randn(5, 8, dtype=torch.float64), x.T @ x
+    kept = obs_keep(weight, gram, 5, DAMP, round_size=1)
+    best = min(itertools.combinations(range(8), 5), key=lambda s: refit_error(weight, gram, torch.tensor(s)))
+    assert refit_error(weight, gram, kept) <= refit_error(weight, gram, torch.tensor(best)) * 1.25
+
+
+def test_obs_needs_the_refit_and_a_positive_round():
+    with pytest.raises(ValueError, match="set pruning.refit=true"):
+        Pruner(importance="obs", ratio=0.4, refit=False)
+    with pytest.raises(ValueError, match="obs_round must be a positive integer"):
+        Pruner(importance="obs", ratio=0.4, obs_round=0)
+
+
+def test_obs_prunes_a_model_end_to_end_in_every_calibration_mode():
+    torch.manual_seed(0)
+    batches = [torch.randint(3, 200, (2, 32)) for _ in range(2)]
+    for mode in ("oneshot", "layerwise", "sequential"):
+        model, _ = tiny_random("qwen2")
+        event = Pruner(importance="obs", ratio=0.5, calibration_mode=mode).prune(model, batches)
+        assert model.config.intermediate_size == event.intermediate_size == 64
+        assert torch.isfinite(model(batches[0]).logits).all()
