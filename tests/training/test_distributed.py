@@ -30,6 +30,9 @@ def test_two_rank_ddp_prunes_identically_mid_training_and_keeps_learning(wikitex
     assert ranks[0]["shape"] == ranks[1]["shape"] == [64, 3, 3]
     assert ranks[0]["digest"] == ranks[1]["digest"], "ranks ended with different weights"
     assert [e["step"] for e in ranks[0]["events"]] == [4, 8]
+    # each rank chose the same neurons from its own training batches' statistics, before any broadcast
+    assert len(ranks[0]["kept"]) == 2 and ranks[0]["kept"] == ranks[1]["kept"]
+    assert ranks[0]["kept"][0]["0"] != list(range(64)), "a real choice, not the first neurons by index"
     rank_local = {"seconds", "train_loss"}  # wall time and the rank's own batch loss
     decisions = [[{k: v for k, v in e.items() if k not in rank_local} for e in r["events"]] for r in ranks]
     assert decisions[0] == decisions[1]
