@@ -1,0 +1,146 @@
+"""Quality beyond WikiText: perplexity on prose and held-out code, and the zero-shot suite, for pruned models.
+
+Command:
+    python bench/general_quality.py [--limit 200] [--only NAME ...] [--rerun]
+Every row is one `python train.py ...` run (printed with it) on SmolLM2-135M with `eval=wikitext2_code`
+(WikiText-2 test and held-out standard-library code, 16 x 1024 windows each) and the zero-shot suite at
+`--limit` items per task, scored once at the end; the unpruned row is `python -m prune_recover.eval`.
+A row whose `pruning_report.json` already exists under outputs/bench_quality/ is read, not re-run, unless
+`--rerun` (so the table can be completed over several sittings; each report keeps its own command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.markdown import machine, write_section  # noqa: E402
+from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "outputs" / "bench_quality"
+EVAL = ["eval=wikitext2_code", "eval.tasks=[zeroshot]", "eval.tasks_before_pruning=false", "logger=csv"]
+# Every row is the demo recipe (its calibration budget, steps, bf16-mixed training) with one thing changed.
+WIKI, MIX = ["recipe=smollm2_demo", "data=wikitext2"], ["recipe=smollm2_demo", "data=wikitext2_code"]
+NO_TRAINING = ["recovery=none"]
+MAW = ["pruning.importance=maw", "pruning.refit=false"]
+
+# name -> (what the row is, overrides of `python train.py`)
+ROWS = {
+    "maw-20": ("MAW, 20%, no training", [*WIKI, *NO_TRAINING, *MAW, "pruning.ratio=0.2"]),
+    "maw-40": ("MAW, 40%, no training", [*WIKI, *NO_TRAINING, *MAW]),
+    "maw-60": ("MAW, 60%, no training", [*WIKI, *NO_TRAINING, *MAW, "pruning.ratio=0.6"]),
+    "act-20": ("activation + refit, 20%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.ratio=0.2"]),
+    "act-40": ("activation + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING]),
+    "act-60": ("activation + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.ratio=0.6"]),
+    "act-40-mix": ("activation + refit, 40%, mixture calibration", [*MIX, *NO_TRAINING]),
+    "full-wiki": ("40% + full CPT, WikiText", [*WIKI, "recovery=full"]),
+    "lora-wiki": ("40% + LoRA, WikiText", [*WIKI, "recovery=lora"]),
+    "distill-wiki": ("40% + distillation, WikiText", [*WIKI, "recovery=distill"]),
+    "full-mix": ("40% + full CPT, mixture (the demo recipe)", [*MIX, "recovery=full"]),
+    "lora-mix": ("40% + LoRA, mixture", [*MIX, "recovery=lora"]),
+    "distill-mix": ("40% + distillation, mixture", [*MIX, "recovery=distill"]),
+}
+
+
+READING = (
+    "How to read it: at 135M parameters several tasks sit at chance, so their changes are noise, not quality. "
+    "ARC-Challenge and OpenBookQA (acc_norm, chance 0.25), WinoGrande and PIQA (chance 0.5) move within one "
+    "standard error; BoolQ is a yes/no task whose majority answer is right about 62% of the time, and the unpruned "
+    "model scores below that, so BoolQ flips by tens of points under any perturbation and drags the average with "
+    "it. LAMBADA (last-word accuracy) and ARC-Easy are the tasks where this model is clearly above chance, and "
+    "they are where pruning shows; read the average together with them and with the two perplexities."
+)
+
+
+def run_row(name: str, overrides: list[str], limit: int, rerun: bool) -> dict:
+    """Run one row's job (or read its earlier report) and return its report."""
+    out = OUT / name
+    report_file = out / ("eval_report.json" if name == "base" else "pruning_report.json")
+    if report_file.exists() and not rerun:
+        return json.loads(report_file.read_text())
+    common = [f"output_dir={out}", f"eval.task_limit={limit}"]
+    if name == "base":
+        command = [sys.executable, "-m", "prune_recover.eval", "smollm2-135m", *EVAL[:2], *common]
+    else:
+        command = [sys.executable, "train.py", *overrides, *EVAL, *common]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True)
+    report = json.loads(report_file.read_text())
+    report["bench_wall_seconds"] = time.perf_counter() - start
+    report_file.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def result_of(name: str, report: dict) -> dict:
+    """The scored model of a report: the eval command's `result`, a run's `final`."""
+    return report["result"] if name == "base" else report["final"]
+
+
+def table(reports: dict[str, dict]) -> list[str]:
+    """Markdown rows: perplexities, each task's headline metric with its stderr, the average, wall time."""
+    tasks = list(ZEROSHOT_TASKS)
+    head = ["model", "params", "WikiText-2 ppl", "code ppl", *tasks, "average", "minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, report in reports.items():
+        result = result_of(name, report)
+        cells = [ROWS.get(name, ("unpruned SmolLM2-135M",))[0], f"{result['params'] / 1e6:.1f}M"]
+        cells += [f"{result['ppl_by_domain'][d]['1024']:.2f}" for d in ("wikitext2", "code")]
+        for task in tasks:
+            scores, metric = result["tasks"][task], ZEROSHOT_TASKS[task][1]
+            cells.append(f"{scores[metric]:.3f} ± {scores[metric + '_stderr']:.3f}")
+        wall = report.get("bench_wall_seconds")
+        cells += [f"**{result['task_average']:.3f}**", f"{wall / 60:.1f}" if wall else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=200, help="zero-shot items per task")
+    parser.add_argument("--only", nargs="*", default=None, help=f"rows to run: base {' '.join(ROWS)}")
+    parser.add_argument("--rerun", action="store_true", help="re-run rows whose report exists")
+    args = parser.parse_args()
+    names = ["base", *ROWS] if args.only is None else args.only
+    unknown = [n for n in names if n != "base" and n not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; allowed: base {' '.join(ROWS)}")
+    for name in names:
+        run_row(name, ROWS.get(name, ("", []))[1], args.limit, args.rerun)
+    done = {n: json.loads(p.read_text()) for n in ["base", *ROWS] for p in _report_files(n) if p.exists()}
+    limits = {result_of(n, r).get("tasks") and r["protocol"]["task_limit"] for n, r in done.items()}
+    body = "\n".join(
+        [
+            "## General quality: prose, held-out code and the zero-shot suite",
+            "",
+            f"Command: `python bench/general_quality.py --limit {args.limit}`. Measured on {machine()}. "
+            "Each row's own command is in its report under outputs/bench_quality/ (`command`).",
+            "",
+            "SmolLM2-135M, 40% of MLP neurons unless the row says otherwise. Perplexity: 16 x 1024 windows of "
+            "wiki.test.raw and of held-out standard-library code (configs/eval/wikitext2_code.yaml). Zero-shot: "
+            f"the first {sorted(limits, key=str)} items of each task (lm-eval, offline YAMLs), the headline metric "
+            "with its standard error (acc_norm for ARC-Challenge and OpenBookQA, acc elsewhere); chance is 0.25 for "
+            "ARC and OpenBookQA, 0.5 for PIQA, WinoGrande and BoolQ. Recovery rows train as the demo recipe does "
+            "(bf16-mixed, its steps and data, the default or mixture data as named).",
+            "",
+            *table(done),
+            "",
+            READING,
+        ]
+    )
+    write_section("general_quality", body)
+    print(body)
+
+
+def _report_files(name: str) -> list[Path]:
+    return [OUT / name / ("eval_report.json" if name == "base" else "pruning_report.json")]
+
+
+if __name__ == "__main__":
+    main()
