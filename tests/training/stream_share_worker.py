@@ -1,8 +1,8 @@
 """One rank of a 2-process gloo group streaming the training split with 2 DataLoader workers; writes the
-first 8 tokens of every block it was served, as text, to OUT_JSON.
+first 16 tokens of every block it was served, as text, to OUT_DIR/rank<r>.json.
 
 Usage: RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p \
-    python tests/training/stream_share_worker.py OUT_JSON FILES_JSON
+    python tests/training/stream_share_worker.py OUT_DIR FILES_JSON
 """
 
 import json
@@ -19,7 +19,7 @@ from tests.training.test_streaming_shares import served_blocks  # noqa: E402
 def main(out: Path, files: dict) -> None:
     dist.init_process_group("gloo")
     try:
-        out.write_text(json.dumps(served_blocks(files, num_workers=2)))
+        (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(served_blocks(files, num_workers=2)))
     finally:
         dist.destroy_process_group()
 

@@ -1,8 +1,5 @@
 """Evaluation and export of a sharded model: the gathered, unsharded copy equals the model trained unsharded."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -12,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from prune_recover.pruning.surgery import prune_mlp_neurons
 from prune_recover.tiny_models import tiny_random
 from prune_recover.training.full_state import unsharded_copy
-from tests.training.test_streaming_shares import free_port
+from tests.training.two_ranks import run_two_ranks
 
 WORKER = Path(__file__).with_name("fsdp_gather_worker.py")
 TOKENS = torch.arange(2 * 24).reshape(2, 24) % 200 + 3
@@ -36,18 +33,7 @@ def one_step(model) -> None:
 def test_two_rank_fsdp_gather_exports_the_model_trained_unsharded(tmp_path):
     reference = tiny_pruned_model()
     one_step(reference)
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(tmp_path)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stderr=subprocess.PIPE,
-        )
-        for rank in range(2)
-    ]
-    for process in ranks:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr.decode()[-3000:]
+    run_two_ranks(WORKER, str(tmp_path))
 
     gathered = AutoModelForCausalLM.from_pretrained(tmp_path / "gathered")
     assert gathered.config.intermediate_size == 40

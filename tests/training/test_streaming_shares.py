@@ -7,15 +7,12 @@ block names its row. Four files (whole shards) are split between 2 gloo ranks by
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 from prune_recover.tiny_models import byte_tokenizer
 from prune_recover.training.datamodule import CausalLMDataModule
+from tests.training.two_ranks import run_two_ranks
 
 BLOCK = 32
 ROWS_PER_FILE = 13
@@ -48,29 +45,12 @@ def served_blocks(files: dict, num_workers: int) -> list[str]:
     return [tokenizer.decode(batch["input_ids"][0, :16]) for batch in data.train_dataloader()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_with_two_workers_each_serve_every_block_exactly_once(tmp_path):
     files = write_files(tmp_path)
     alone = served_blocks(files, num_workers=0)
     assert len(alone) == 4 * ROWS_PER_FILE and len(set(alone)) == len(alone)  # one block per row
 
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(tmp_path / f"rank{rank}.json"), json.dumps(files)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stderr=subprocess.PIPE,
-        )
-        for rank in range(2)
-    ]
-    for process in ranks:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr.decode()[-3000:]
+    run_two_ranks(WORKER, str(tmp_path), json.dumps(files))
     shares = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
 
     assert all(shares), "every rank serves blocks"
