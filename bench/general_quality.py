@@ -6,7 +6,8 @@ Every row is one `python train.py ...` run (printed with it) on SmolLM2-135M wit
 (WikiText-2 test and held-out standard-library code, 16 x 1024 windows each) and the zero-shot suite at
 `--limit` items per task, scored once at the end; the unpruned row is `python -m prune_recover.eval`.
 A row whose `pruning_report.json` already exists under outputs/bench_quality/ is read, not re-run, unless
-`--rerun` (so the table can be completed over several sittings; each report keeps its own command).
+`--rerun` (so the table can be completed over several sittings; each report keeps its own command); `--table`
+runs nothing and writes the table of the rows measured so far, naming the rows not measured.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ ROWS = {
     "lora-wiki": ("40% + LoRA, WikiText", [*WIKI, "recovery=lora"]),
     "distill-wiki": ("40% + distillation, WikiText", [*WIKI, "recovery=distill"]),
     "full-mix": ("40% + full CPT, mixture (the demo recipe)", [*MIX, "recovery=full"]),
+    "full-mix-70-30": (
+        "40% + full CPT, mixture 70% prose / 30% code",
+        [*MIX, "recovery=full", "data.mixture.wikitext.weight=0.7", "data.mixture.code.weight=0.3"],
+    ),
     "lora-mix": ("40% + LoRA, mixture", [*MIX, "recovery=lora"]),
     "distill-mix": ("40% + distillation, mixture", [*MIX, "recovery=distill"]),
 }
@@ -101,35 +106,62 @@ def table(reports: dict[str, dict]) -> list[str]:
     return lines
 
 
+def versus_unpruned(done: dict[str, dict]) -> list[str]:
+    """Each recovered row against the unpruned model: perplexity ratios and the change of the zero-shot average."""
+    if "base" not in done:
+        return []
+    base = result_of("base", done["base"])
+    lines = [
+        "| against the unpruned model | WikiText-2 ppl | code ppl | zero-shot average |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, report in done.items():
+        if name == "base" or not report.get("recovery"):
+            continue
+        result = result_of(name, report)
+        ratios = [result["ppl_by_domain"][d]["1024"] / base["ppl_by_domain"][d]["1024"] for d in ("wikitext2", "code")]
+        change = result["task_average"] - base["task_average"]
+        lines.append(f"| {ROWS[name][0]} | x{ratios[0]:.2f} | x{ratios[1]:.2f} | {change:+.3f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=200, help="zero-shot items per task")
     parser.add_argument("--only", nargs="*", default=None, help=f"rows to run: base {' '.join(ROWS)}")
     parser.add_argument("--rerun", action="store_true", help="re-run rows whose report exists")
+    parser.add_argument("--table", action="store_true", help="run nothing: write the table of the reports there are")
     args = parser.parse_args()
     names = ["base", *ROWS] if args.only is None else args.only
     unknown = [n for n in names if n != "base" and n not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; allowed: base {' '.join(ROWS)}")
-    for name in names:
+    for name in [] if args.table else names:
         run_row(name, ROWS.get(name, ("", []))[1], args.limit, args.rerun)
     done = {n: json.loads(p.read_text()) for n in ["base", *ROWS] for p in _report_files(n) if p.exists()}
-    limits = {result_of(n, r).get("tasks") and r["protocol"]["task_limit"] for n, r in done.items()}
+    limits = sorted({r["protocol"]["task_limit"] for r in done.values()}, key=str)
+    missing = [name for name in ROWS if name not in done]
     body = "\n".join(
         [
             "## General quality: prose, held-out code and the zero-shot suite",
             "",
-            f"Command: `python bench/general_quality.py --limit {args.limit}`. Measured on {machine()}. "
+            f"Command: `python bench/general_quality.py --limit {limits[0]}`. Measured on {machine()}. "
             "Each row's own command is in its report under outputs/bench_quality/ (`command`).",
             "",
-            "SmolLM2-135M, 40% of MLP neurons unless the row says otherwise. Perplexity: 16 x 1024 windows of "
-            "wiki.test.raw and of held-out standard-library code (configs/eval/wikitext2_code.yaml). Zero-shot: "
-            f"the first {sorted(limits, key=str)} items of each task (lm-eval, offline YAMLs), the headline metric "
-            "with its standard error (acc_norm for ARC-Challenge and OpenBookQA, acc elsewhere); chance is 0.25 for "
-            "ARC and OpenBookQA, 0.5 for PIQA, WinoGrande and BoolQ. Recovery rows train as the demo recipe does "
-            "(bf16-mixed, its steps and data, the default or mixture data as named).",
+            "SmolLM2-135M, 40% of MLP neurons unless the row says otherwise. Perplexity: 16 x 1024 windows "
+            "of wiki.test.raw and of held-out standard-library code (configs/eval/wikitext2_code.yaml). "
+            f"Zero-shot: the first {' / '.join(map(str, limits))} items of each task (lm-eval, offline YAMLs), "
+            "the headline metric with its standard error (acc_norm for ARC-Challenge and OpenBookQA, acc "
+            "elsewhere); chance is 0.25 for ARC and OpenBookQA, 0.5 for PIQA, WinoGrande and BoolQ. Recovery "
+            "rows train as the demo recipe does (bf16-mixed, 80 steps of 4 x 512 tokens, WikiText-2 or the "
+            "mixture as named). Minutes: the whole run, the zero-shot suite at the end included, measured "
+            "while other jobs shared the two cores.",
             "",
             *table(done),
+            "",
+            f"Not measured yet (`--only NAME` runs one): {', '.join(missing)}." if missing else "",
+            "",
+            *versus_unpruned(done),
             "",
             READING,
         ]
