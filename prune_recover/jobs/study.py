@@ -5,7 +5,8 @@
 
 A study file lists `common` overrides and `arms: {name: [overrides]}`; each arm runs as
 `python train.py <common> <arm> output_dir=<out>/<name>`, arms whose report exists are skipped (a
-rerun resumes the study). `report` reads every `pruning_report.json` under the given paths and
+rerun resumes the study: an arm cut off after a checkpoint resumes from it, one cut off before moves its
+partial files aside and starts again). `report` reads every `pruning_report.json` under the given paths and
 writes `report.md` (table: method, parameters, ppl@128, ppl@1024, recovery tokens, wall time) and
 two PNG plots (perplexity vs parameters per method; validation perplexity over recovery steps), and
 with `--wandb` logs the table and the plots to W&B.
@@ -35,6 +36,7 @@ def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
     for name, overrides in study["arms"].items():
         report = out / name / "pruning_report.json"
         if not report.is_file():
+            started = (out / name / "checkpoints" / "last.ckpt").is_file()
             command = [
                 sys.executable,
                 str(REPO / "train.py"),
@@ -43,6 +45,7 @@ def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
                 *extra,
                 f"output_dir={out / name}",
                 f"+study_arm={name}",
+                "ckpt_path=last" if started else "overwrite=true",
             ]
             print("running", " ".join(command[1:]), flush=True)
             subprocess.run(command, check=True, cwd=REPO)

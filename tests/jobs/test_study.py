@@ -1,6 +1,7 @@
 """The study runner: arms run as train.py jobs, their reports collected into a table and plots."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -50,6 +51,13 @@ def test_study_runs_its_arms_and_writes_the_report(wikitext_dir, tmp_path):
         cached, shallow.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
     )
     assert len(collect([out])) == 3
+
+    # an arm cut off after its last checkpoint (no report yet) resumes on the next run of the study
+    (out / "width_full" / "pruning_report.json").unlink()
+    shutil.rmtree(out / "width_full" / "final")
+    run_study(study, out, [])
+    resumed = json.loads((out / "width_full" / "pruning_report.json").read_text())
+    assert "ckpt_path=last" in resumed["command"] and resumed["recovery"]["steps"] == 4
 
 
 def test_study_report_logs_to_wandb_offline(wikitext_dir, tmp_path, monkeypatch):
