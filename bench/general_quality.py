@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "bench_quality"
 EVAL = ["eval=wikitext2_code", "eval.tasks=[zeroshot]", "eval.tasks_before_pruning=false", "logger=csv"]
 # Every row is the demo recipe (its calibration budget, steps, bf16-mixed training) with one thing changed.
-WIKI, MIX = ["recipe=smollm2_demo", "data=wikitext2"], ["recipe=smollm2_demo", "data=wikitext2_code"]
+WIKI = ["recipe=smollm2_demo", "data=wikitext2"]
+MIX = ["recipe=smollm2_demo", "data=wikitext2_code", "data.mixture.wikitext.weight=0.5", "data.mixture.code.weight=0.5"]
 NO_TRAINING = ["recovery=none"]
 MAW = ["pruning.importance=maw", "pruning.refit=false"]
 
@@ -40,17 +41,14 @@ ROWS = {
     "act-20": ("activation + refit, 20%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.ratio=0.2"]),
     "act-40": ("activation + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING]),
     "act-60": ("activation + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.ratio=0.6"]),
-    "act-40-mix": ("activation + refit, 40%, mixture calibration", [*MIX, *NO_TRAINING]),
+    "act-40-mix": ("activation + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING]),
     "full-wiki": ("40% + full CPT, WikiText", [*WIKI, "recovery=full"]),
     "lora-wiki": ("40% + LoRA, WikiText", [*WIKI, "recovery=lora"]),
     "distill-wiki": ("40% + distillation, WikiText", [*WIKI, "recovery=distill"]),
-    "full-mix": ("40% + full CPT, mixture (the demo recipe)", [*MIX, "recovery=full"]),
-    "full-mix-70-30": (
-        "40% + full CPT, mixture 70% prose / 30% code",
-        [*MIX, "recovery=full", "data.mixture.wikitext.weight=0.7", "data.mixture.code.weight=0.3"],
-    ),
-    "lora-mix": ("40% + LoRA, mixture", [*MIX, "recovery=lora"]),
-    "distill-mix": ("40% + distillation, mixture", [*MIX, "recovery=distill"]),
+    "full-mix": ("40% + full CPT, 50/50 mixture", [*MIX, "recovery=full"]),
+    "full-mix-70-30": ("40% + full CPT, 70/30 mixture (the demo recipe)", ["recipe=smollm2_demo"]),
+    "lora-mix": ("40% + LoRA, 50/50 mixture", [*MIX, "recovery=lora"]),
+    "distill-mix": ("40% + distillation, 50/50 mixture", [*MIX, "recovery=distill"]),
 }
 
 

@@ -125,7 +125,10 @@ def build_evaluator(
     for name, paths in (texts or {}).items():
         if name in domains:
             raise ValueError(f"eval.texts: the domain name '{name}' is taken (the test split is '{test_name}')")
-        domains[name] = text_file_ids(paths, tokenizer)
+        try:
+            domains[name] = text_file_ids(paths, tokenizer)
+        except ValueError as error:
+            raise ValueError(f"the evaluation text '{name}': {error}") from error
     task_evaluator = None
     if tasks:
         from prune_recover.evaluation.tasks import build_task_evaluator

@@ -28,6 +28,8 @@ from prune_recover.files import cache_root
 from prune_recover.lm import eval_mode, model_device
 
 ZEROSHOT_GROUP = "zeroshot"
+# Resamples for the standard errors lm-eval estimates by bootstrap (its default, 100,000, takes minutes in-process).
+BOOTSTRAP_ITERS = 1000
 ZEROSHOT_ENV = "PRUNE_RECOVER_ZEROSHOT"
 # task -> (file in the zero-shot folder, headline metric averaged over the suite)
 ZEROSHOT_TASKS = {
@@ -117,12 +119,20 @@ class TaskEvaluator:
         from lm_eval.models.huggingface import HFLM
 
         manager = self.task_manager()
+        # lm-eval bootstraps some standard errors (LAMBADA's perplexity) in a forked process pool, which deadlocks
+        # in a process that already runs torch and W&B threads: bootstrap in this process instead, 1000 draws.
+        os.environ.setdefault("DISABLE_MULTIPROC", "1")
         with eval_mode(model):
             lm = HFLM(
                 pretrained=model, tokenizer=self.tokenizer, device=str(model_device(model)), batch_size=self.batch_size
             )
             output = simple_evaluate(
-                model=lm, tasks=self.lm_eval_names(), task_manager=manager, limit=self.limit, log_samples=False
+                model=lm,
+                tasks=self.lm_eval_names(),
+                task_manager=manager,
+                limit=self.limit,
+                log_samples=False,
+                bootstrap_iters=BOOTSTRAP_ITERS,
             )
         results = {}
         for name, metrics in output["results"].items():
