@@ -16,12 +16,8 @@ def cache_root() -> Path:
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:
     """Write `data` as JSON so that `path` is never seen half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return write_bytes_atomic(path, lambda file: file.write(text.encode()))
 
 
 def write_bytes_atomic(path: str | Path, write) -> Path:
