@@ -7,7 +7,8 @@ set yields the statistics of every layer. Sums are kept in float64.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -29,17 +30,44 @@ class NeuronStats:
             float64; only gathered when a refit needs it.
         taylor: Sum over batches of `|grad * weight|` over each neuron's gate row, up row and
             down column, `[intermediate]`, float64; only gathered for the `taylor` scorer.
+        cross: Sum over tokens of `x x_target^T`, `[intermediate, intermediate]`, float64, where `x_target` is
+            the unpruned model's down_proj input for the same token (`calibration_mode=carried`): the refit then
+            reproduces the unpruned model's output from this model's inputs. None: the target is `x` itself.
     """
 
     sum_sq: torch.Tensor
     tokens: int = 0
     gram: torch.Tensor | None = None
     taylor: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
 
     @property
     def activation_norm(self) -> torch.Tensor:
         """L2 norm of each neuron's activations over all calibration tokens."""
         return self.sum_sq.sqrt()
+
+    def add(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Add the down_proj inputs `x` `[tokens, intermediate]` (and, for `cross`, the unpruned model's `target`)."""
+        self.sum_sq += x.square().sum(0, dtype=torch.float64)
+        self.tokens += x.shape[0]
+        # float32 products per batch, float64 running sums across batches
+        if self.gram is not None:
+            self.gram += (x.T @ x).double()
+        if self.cross is not None:
+            self.cross += (x.T @ target).double()
+
+    @classmethod
+    def zeros(cls, width: int, device: torch.device, gram: bool = False, cross: bool = False) -> NeuronStats:
+        """Empty statistics of a `width`-neuron layer (with room for the Gram matrix and the cross term if asked)."""
+
+        def square() -> torch.Tensor:
+            return torch.zeros(width, width, dtype=torch.float64, device=device)
+
+        return cls(
+            sum_sq=torch.zeros(width, dtype=torch.float64, device=device),
+            gram=square() if gram else None,
+            cross=square() if cross else None,
+        )
 
 
 class ActivationRecorder:
@@ -71,10 +99,7 @@ class ActivationRecorder:
         self.stats = {index: self._empty(mlp) for index, mlp in self.mlps.items()}
 
     def _empty(self, mlp: GatedMLP) -> NeuronStats:
-        width = mlp.intermediate_size
-        device = mlp.down_weight().device
-        gram = torch.zeros(width, width, dtype=torch.float64, device=device) if self.gram else None
-        return NeuronStats(sum_sq=torch.zeros(width, dtype=torch.float64, device=device), gram=gram)
+        return NeuronStats.zeros(mlp.intermediate_size, mlp.down_weight().device, gram=self.gram)
 
     def attach(self) -> ActivationRecorder:
         """Start recording every forward pass (again, after `detach`: the statistics so far are kept)."""
@@ -108,15 +133,24 @@ class ActivationRecorder:
 
     def _hook(self, index: int):
         def record(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            stats = self.stats[index]
-            stats.sum_sq += x.square().sum(0, dtype=torch.float64)
-            stats.tokens += x.shape[0]
-            if stats.gram is not None:
-                # float32 product per batch, float64 running sum across batches
-                stats.gram += (x.T @ x).double()
+            self.stats[index].add(_tokens_by_features(args[0]))
 
         return record
+
+
+@contextmanager
+def captured_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the input of every call of `module` inside the block, as float32 `[tokens, features]`."""
+    inputs: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda called, args: inputs.append(_tokens_by_features(args[0])))
+    try:
+        yield inputs
+    finally:
+        handle.remove()
+
+
+def _tokens_by_features(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().reshape(-1, x.shape[-1]).float()
 
 
 @torch.no_grad()

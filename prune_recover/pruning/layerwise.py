@@ -90,14 +90,17 @@ class LayerwiseRunner:
         return captured
 
     @torch.no_grad()
-    def run_block(self, index: int) -> list[torch.Tensor]:
-        """Outputs of block `index` (as it is now) for every cached input; the cache is not changed."""
+    def run_block(self, index: int, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Outputs of block `index` (as it is now) for every cached input (or `hidden`); the cache is unchanged."""
+        hidden = self.hidden if hidden is None else hidden
+        return [self.run_batch(index, number, states) for number, states in enumerate(hidden)]
+
+    @torch.no_grad()
+    def run_batch(self, index: int, number: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Output of block `index` for `hidden`, the block input of calibration batch `number` (or shaped like it)."""
         block = decoder_blocks(self.model)[index]
-        outputs = []
-        for hidden, shape in zip(self.hidden, self.shapes, strict=True):
-            output = block(hidden, **self._block_kwargs[shape][index])
-            outputs.append(output[0] if isinstance(output, tuple) else output)
-        return outputs
+        output = block(hidden, **self._block_kwargs[self.shapes[number]][index])
+        return output[0] if isinstance(output, tuple) else output
 
     def advance(self, outputs: list[torch.Tensor]) -> None:
         """Make `outputs` the inputs of the next block."""

@@ -11,11 +11,13 @@ and the refitted weights and the inverse Gram of the remaining neurons follow by
     W <- W - W[:, q] H[q, :] / H[q, q],      H <- H - H[:, q] H[q, :] / H[q, q].
 
 `obs_keep` removes neurons in rounds of `round_size`: each round ranks the alive neurons by `cost`, takes
-the cheapest `round_size` and removes them one at a time with the updates (so the next ones are charged
-for what is already gone). A round of 1 is the greedy optimum at every step. The choice is made on the
-statistics it is given, so with `calibration_mode=sequential` (or `layerwise` and `propagate=pruned`) each
-layer is chosen on the already-pruned prefix's activations, and the final weights come from the same
-refit as `activation + refit` (`refit.py`), in the plain Hugging Face layout.
+the cheapest `round_size` and removes them together (the block form of the rank-one updates, with
+`H[R, R]^-1`; the result is that of removing them one at a time), so the next round is charged for what is
+already gone. A round of 1 is the greedy optimum at every step. The choice is made on the statistics it is
+given: with `calibration_mode=sequential` each layer is chosen on the already-pruned prefix's activations;
+with `calibration_mode=carried` also against the unpruned model's output (`cross`: removal then starts from
+the full-width least-squares fit `W C^T H` to that output). The final weights come from the same refit as
+`activation + refit` (`refit.py`), in the plain Hugging Face layout.
 """
 
 from __future__ import annotations
@@ -27,14 +29,23 @@ from prune_recover.pruning.calibration import NeuronStats
 
 
 @torch.no_grad()
-def obs_keep(weight: torch.Tensor, gram: torch.Tensor, width: int, damp: float, round_size: int) -> torch.Tensor:
+def obs_keep(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    width: int,
+    damp: float,
+    round_size: int,
+    cross: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Indices (ascending) of the `width` neurons kept by progressive OBS removal.
 
     Args:
         weight: down_proj weight `[hidden, n]`.
         gram: `X^T X` of the down_proj input, `[n, n]`.
         damp: Ridge strength relative to the mean diagonal of `gram` (as the refit uses it).
-        round_size: Neurons removed per round (ranked once per round, removed one by one).
+        round_size: Neurons removed per round (ranked once per round, removed together).
+        cross: `X^T X_target` when the layer must reproduce the output of other inputs `X_target` (the
+            unpruned model's, under `calibration_mode=carried`); None means `X_target = X`.
     """
     n = gram.shape[0]
     if not 0 < width <= n:
@@ -44,21 +55,26 @@ def obs_keep(weight: torch.Tensor, gram: torch.Tensor, width: int, damp: float, 
     gram = gram.double()
     ridge = damp * gram.diagonal().mean() + torch.finfo(torch.float64).tiny
     inverse = torch.linalg.inv(gram + ridge * torch.eye(n, dtype=gram.dtype, device=gram.device))
-    current = weight.detach().to(gram.device, torch.float64).clone()
+    current = weight.detach().to(gram.device, torch.float64)
+    if cross is not None:  # the full-width least-squares fit to the target output is where removal starts
+        current = current @ cross.to(gram.device, torch.float64).T @ inverse
+    current = current.clone()
     alive = torch.ones(n, dtype=torch.bool, device=gram.device)
     remaining = n
     while remaining > width:
         cost = current.square().sum(0) / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
         cost[~alive] = torch.inf
-        for q in torch.argsort(cost, stable=True)[: min(round_size, remaining - width)].tolist():
-            pivot = inverse[q, q]
-            current -= torch.outer(current[:, q], inverse[q]) / pivot
-            inverse -= torch.outer(inverse[:, q], inverse[q]) / pivot
-            current[:, q] = 0
-            inverse[q, :] = 0
-            inverse[:, q] = 0
-            alive[q] = False
-            remaining -= 1
+        removed = torch.argsort(cost, stable=True)[: min(round_size, remaining - width)]
+        # Removing the round's neurons one by one with rank-one updates ends in this block update (the Schur
+        # complement does not depend on the order): one [n, r] x [r, n] product, not r memory-bound outer products.
+        rows = torch.linalg.solve(inverse[removed][:, removed], inverse[removed])  # H_RR^-1 H_R:
+        current -= current[:, removed] @ rows
+        inverse -= inverse[:, removed] @ rows
+        current[:, removed] = 0
+        inverse[removed] = 0
+        inverse[:, removed] = 0
+        alive[removed] = False
+        remaining -= len(removed)
     return alive.nonzero().flatten()
 
 
@@ -66,4 +82,4 @@ def obs_select(mlp: GatedMLP, stats: NeuronStats, width: int, damp: float, round
     """`obs_keep` for one gated MLP from its calibration statistics (which must hold the Gram matrix)."""
     if stats is None or stats.gram is None:
         raise ValueError("importance=obs needs calibration statistics with a Gram matrix (pruning.refit=true)")
-    return obs_keep(mlp.down_weight(), stats.gram, width, damp, round_size)
+    return obs_keep(mlp.down_weight(), stats.gram, width, damp, round_size, stats.cross)

@@ -31,7 +31,7 @@ from prune_recover.pruning.width import prune_width, prune_width_layerwise
 
 log = get_logger(__name__)
 
-CALIBRATION_MODES = ("oneshot", "layerwise", "sequential")
+CALIBRATION_MODES = ("oneshot", "layerwise", "sequential", "carried")
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -49,7 +49,9 @@ class Pruner:
         refit_damp: Ridge strength of the refit, relative to the mean activation energy.
         calibration_mode: `oneshot` (all layers' statistics in one forward pass; Gram matrices of
             every layer held at once), `layerwise` (same statistics, one layer's held at a time) or
-            `sequential` (each layer calibrated on the outputs of the already-pruned layers).
+            `sequential` (each layer calibrated on the outputs of the already-pruned layers) or `carried`
+            (as sequential, with each layer refitted to reproduce the unpruned model's layer output: the error of
+            the layers below is carried forward and made up for; needs `refit`).
         depth: Depth settings (`DepthSpec` fields).
         obs_round: Neurons `importance=obs` removes per round (1 = greedy, re-ranked after every removal).
         Leave all of ratio, expansion_ratio and target_params null for depth-only pruning.
@@ -87,6 +89,11 @@ class Pruner:
             )
         if calibration_mode not in CALIBRATION_MODES:
             raise ValueError(f"pruning.calibration_mode must be one of {CALIBRATION_MODES}, got '{calibration_mode}'")
+        if calibration_mode == "carried" and not (refit and self.target is not None):
+            raise ValueError(
+                "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
+                "it needs width pruning with pruning.refit=true"
+            )
         if refit_damp < 0:
             raise ValueError(f"pruning.refit_damp must be non-negative, got {refit_damp}")
         self.refit = bool(refit) and self.target is not None
@@ -205,7 +212,7 @@ class Pruner:
             for index, saliency in (taylor or {}).items():
                 stats[index].taylor = saliency
             return prune_width(model, width, self.scorer, stats, damp, optimizers)
-        propagate = "original" if self.calibration_mode == "layerwise" else "pruned"
+        propagate = {"layerwise": "original", "sequential": "pruned", "carried": "carried"}[self.calibration_mode]
         return prune_width_layerwise(
             model,
             width,
@@ -230,4 +237,5 @@ def reduce_stats(stats: NeuronStats, reduce: Reduce) -> NeuronStats:
         tokens=stats.tokens,
         gram=None if stats.gram is None else reduce(stats.gram),
         taylor=None if stats.taylor is None else reduce(stats.taylor),
+        cross=None if stats.cross is None else reduce(stats.cross),
     )

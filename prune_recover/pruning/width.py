@@ -5,7 +5,9 @@ Two drivers share the per-layer step:
   or the training batches since the last pruning event);
 - `prune_width_layerwise` gathers each layer's statistics just before pruning it, holding one
   layer's Gram matrix at a time; `propagate="pruned"` feeds each layer the outputs of the
-  already-pruned prefix (sequential calibration), `"original"` the outputs of the unpruned one.
+  already-pruned prefix (sequential calibration), `"original"` the outputs of the unpruned one, and
+  `"carried"` the pruned prefix's outputs with the unpruned model's layer output as the refit's target
+  (error carrying: each layer makes up for what the layers below lost).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from torch import nn
 
 from prune_recover.arch import GatedMLP, gated_mlps
 from prune_recover.lm import eval_mode
-from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats
+from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
+
+PROPAGATIONS = ("original", "pruned", "carried")
 
 
 def prune_layer(
@@ -50,7 +54,7 @@ def prune_layer(
     if refit_damp is not None:
         if stats is None or stats.gram is None:
             raise ValueError("the down_proj refit needs calibration statistics with a Gram matrix")
-        refit_down_proj(mlp, keep, stats.gram, refit_damp)
+        refit_down_proj(mlp, keep, stats.gram, refit_damp, stats.cross)
     slice_gated_mlp(mlp, keep, optimizers)
     return keep
 
@@ -79,7 +83,7 @@ def prune_width_layerwise(
     scorer: Scorer,
     batches: Sequence[torch.Tensor],
     refit_damp: float | None = None,
-    propagate: Literal["original", "pruned"] = "original",
+    propagate: Literal["original", "pruned", "carried"] = "original",
     taylor: Mapping[int, torch.Tensor] | None = None,
     optimizers: Iterable[torch.optim.Optimizer] = (),
     reduce: Callable[[NeuronStats], NeuronStats] | None = None,
@@ -88,23 +92,52 @@ def prune_width_layerwise(
 
     Args:
         propagate: `original` gives every layer the same inputs as one-shot calibration;
-            `pruned` gives it the outputs of the already-pruned layers below (sequential).
+            `pruned` gives it the outputs of the already-pruned layers below (sequential);
+            `carried` does too, and refits each layer to the unpruned model's output on the same tokens
+            (so that it makes up for the error of the layers below; needs `refit_damp`).
         taylor: Per-layer gradient saliencies for the `taylor` scorer (a backward pass needs the whole model).
         reduce: Applied to each layer's statistics before use (an all-reduce under DDP).
     """
-    if propagate not in ("original", "pruned"):
-        raise ValueError(f"propagate must be 'original' or 'pruned', got '{propagate}'")
+    if propagate not in PROPAGATIONS:
+        raise ValueError(f"propagate must be one of {PROPAGATIONS}, got '{propagate}'")
+    if propagate == "carried" and refit_damp is None:
+        raise ValueError("carried calibration refits each layer to the unpruned model's output: it needs a refit")
     optimizers = list(optimizers)
     kept = {}
     with eval_mode(model):
         runner = LayerwiseRunner(model, batches)
+        unpruned_hidden = runner.hidden
         for index, mlp in enumerate(gated_mlps(model)):
-            with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
-                outputs = runner.run_block(index)
-            layer_stats = reduce(recorder.stats[index]) if reduce else recorder.stats[index]
+            if propagate == "carried":
+                layer_stats, unpruned_hidden = carried_stats(runner, index, mlp, unpruned_hidden)
+                outputs = None
+            else:
+                with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
+                    outputs = runner.run_block(index)
+                layer_stats = recorder.stats[index]
+            layer_stats = reduce(layer_stats) if reduce else layer_stats
             if taylor is not None:
                 layer_stats.taylor = taylor[index]
             kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
             runner.advance(outputs if propagate == "original" else runner.run_block(index))
     sync_intermediate_size(model)
     return kept
+
+
+def carried_stats(
+    runner: LayerwiseRunner, index: int, mlp: GatedMLP, unpruned_hidden: list[torch.Tensor]
+) -> tuple[NeuronStats, list[torch.Tensor]]:
+    """Statistics of layer `index` (not yet pruned) on the pruned prefix's outputs, with the cross term to the
+    unpruned model's down_proj inputs for the same tokens; and the unpruned model's outputs of this block.
+
+    `unpruned_hidden` are the unpruned model's inputs of this block (its outputs of the block below).
+    """
+    stats = NeuronStats.zeros(mlp.intermediate_size, mlp.down_weight().device, gram=True, cross=True)
+    unpruned_outputs = []
+    for number, (hidden, unpruned) in enumerate(zip(runner.hidden, unpruned_hidden, strict=True)):
+        with captured_inputs(mlp.down_proj) as target:
+            unpruned_outputs.append(runner.run_batch(index, number, unpruned))
+        with captured_inputs(mlp.down_proj) as inputs:
+            runner.run_batch(index, number, hidden)
+        stats.add(inputs[0], target[0])
+    return stats, unpruned_outputs

@@ -10,6 +10,7 @@ from prune_recover.pruning.calibration import collect_activation_stats
 from prune_recover.pruning.importance import select_neurons
 from prune_recover.pruning.obs import obs_keep
 from prune_recover.pruning.pruner import Pruner
+from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.tiny_models import tiny_random
 
 DAMP = 1e-4
@@ -74,8 +75,71 @@ def test_obs_needs_the_refit_and_a_positive_round():
 def test_obs_prunes_a_model_end_to_end_in_every_calibration_mode():
     torch.manual_seed(0)
     batches = [torch.randint(3, 200, (2, 32)) for _ in range(2)]
-    for mode in ("oneshot", "layerwise", "sequential"):
+    for mode in ("oneshot", "layerwise", "sequential", "carried"):
         model, _ = tiny_random("qwen2")
         event = Pruner(importance="obs", ratio=0.5, calibration_mode=mode).prune(model, batches)
         assert model.config.intermediate_size == event.intermediate_size == 64
         assert torch.isfinite(model(batches[0]).logits).all()
+
+
+def rank_one_reference(weight, gram, width, damp, round_size):
+    """The selection removing each round's neurons one at a time with rank-one OBS updates (the textbook loop)."""
+    n = gram.shape[0]
+    ridge = damp * gram.diagonal().mean() + torch.finfo(torch.float64).tiny
+    inverse = torch.linalg.inv(gram + ridge * torch.eye(n, dtype=gram.dtype))
+    current, alive = weight.clone(), torch.ones(n, dtype=torch.bool)
+    while alive.sum() > width:
+        cost = current.square().sum(0) / inverse.diagonal()
+        cost[~alive] = torch.inf
+        for q in torch.argsort(cost, stable=True)[: min(round_size, int(alive.sum()) - width)].tolist():
+            pivot = inverse[q, q]
+            current -= torch.outer(current[:, q], inverse[q]) / pivot
+            inverse -= torch.outer(inverse[:, q], inverse[q]) / pivot
+            current[:, q], inverse[q, :], inverse[:, q], alive[q] = 0, 0, 0, False
+    return alive.nonzero().flatten()
+
+
+@pytest.mark.parametrize("round_size", [1, 5, 8])
+def test_the_block_update_of_a_round_keeps_what_one_by_one_removal_keeps(layers, round_size):
+    for weight, gram, _ in layers:
+        expected = rank_one_reference(weight.double(), gram.double(), 40, DAMP, round_size)
+        assert torch.equal(obs_keep(weight, gram, 40, DAMP, round_size), expected)
+
+
+def carried_problem(seed=2, tokens=300, n=10, hidden=6):
+    """Inputs of a pruned prefix `x`, the unpruned model's inputs `target` on the same tokens, and a weight."""
+    torch.manual_seed(seed)
+    target = torch.randn(tokens, n, dtype=torch.float64) @ torch.randn(n, n, dtype=torch.float64)
+    x = target + 0.3 * torch.randn(tokens, n, dtype=torch.float64)  # what the pruned layers below leave
+    return x, target, torch.randn(hidden, n, dtype=torch.float64)
+
+
+def carried_error(x, target, weight, keep):
+    """`min ||x_S W'^T - target W^T||^2` over `W'` (plain least squares, no ridge)."""
+    solution = torch.linalg.lstsq(x[:, keep], target @ weight.T).solution
+    return (x[:, keep] @ solution - target @ weight.T).square().sum().item()
+
+
+def test_the_carried_refit_reproduces_the_unpruned_output_from_the_pruned_inputs():
+    mlp = gated_mlps(tiny_random("llama")[0])[0]
+    hidden, n = mlp.down_weight().shape
+    x, target, weight = carried_problem(tokens=400, n=n, hidden=hidden)
+    mlp.down_proj.weight.data = weight.float()
+    keep = torch.arange(0, n, 3)
+    refit_down_proj(mlp, keep, x.T @ x, damp=0.0, cross=x.T @ target)
+    expected = torch.linalg.lstsq(x[:, keep], target @ weight.float().double().T).solution.T
+    torch.testing.assert_close(mlp.down_weight()[:, keep].double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_with_a_cross_term_one_removal_picks_the_exhaustive_searchs_neuron_for_the_carried_target():
+    x, target, weight = carried_problem()
+    n = x.shape[1]
+    errors = [carried_error(x, target, weight, [j for j in range(n) if j != q]) for q in range(n)]
+    kept = obs_keep(weight, x.T @ x, n - 1, 0.0, round_size=1, cross=x.T @ target)
+    (removed,) = set(range(n)) - set(kept.tolist())
+    assert removed == min(range(n), key=errors.__getitem__)
+
+
+def test_carried_calibration_needs_the_refit():
+    with pytest.raises(ValueError, match="calibration_mode=carried .* pruning.refit=true"):
+        Pruner(importance="activation", ratio=0.4, refit=False, calibration_mode="carried")
