@@ -125,3 +125,16 @@ def test_sigusr1_checkpoint_at_a_step_boundary_then_requeued_resume_is_bit_ident
     stderr = finished(start(resume_overrides(wikitext_dir, data_dir, out), env))  # the requeued job: same command
     assert "hpc_ckpt_1.ckpt" in stderr and "Pruning event" not in stderr
     assert_same_run(out, reference)
+
+
+def test_a_validation_at_a_checkpoint_step_is_in_the_history_after_a_resume(wikitext_dir, tmp_path):
+    """Lightning saves on the training batch end, before the validation of that step, and a resumed run skips that
+    validation: `last.ckpt` is written again after it (a finished run's last.ckpt is what a kill would leave)."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(wikitext_dir, out) + ["logger=csv", "trainer.val_check_interval=2"]
+    finished(start([*overrides, "trainer.max_steps=4"]))
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4 and [h["step"] for h in saved["val_history"]] == [2, 4]
+    finished(start([*overrides, "trainer.max_steps=6", "ckpt_path=last"]))
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [2, 4, 6]
