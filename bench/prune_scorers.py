@@ -8,6 +8,11 @@ One-shot statistics are gathered once on the unpruned model and reused across ra
 Command (about an hour on a 2-core CPU; results are cached in bench/results/ and a rerun resumes):
     python bench/prune_scorers.py
 optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its rows are skipped.
+
+    python bench/prune_scorers.py --only activation+refit obs+refit "obs+refit (carried)" \
+        "optipfair hybrid (64x512 calib)"
+measures only the named methods, all in one fresh run (so their costs are comparable side by side), and writes
+them to a section of their own (`prune_scorers_only`), leaving the full table as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +39,8 @@ from prune_recover.pruning.width import prune_width  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 RATIOS = (0.2, 0.4, 0.6)
+# (importance, calibration_mode) rows pruned layer by layer, each with its own calibration passes
+LAYER_BY_LAYER = (("activation", "sequential"), ("activation", "carried"), ("obs", "sequential"), ("obs", "carried"))
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"
 COMMAND = "python bench/prune_scorers.py"
 
@@ -41,16 +49,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wikitext-dir", default="../shared/data/wikitext-2-raw")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    parser.add_argument("--only", nargs="+", metavar="METHOD", help="measure only these rows, in one fresh run")
     args = parser.parse_args()
-    results = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
+    results_file = RESULTS if args.only is None else RESULTS.with_name("prune_scorers_only.json")
+    fresh = args.fresh or args.only is not None or not results_file.exists()
+    results = {} if fresh else json.loads(results_file.read_text())
+    if args.only is not None:
+        results["only"] = args.only
+    load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
-        if key in results:
+        if key in results or (args.only is not None and key != "unpruned" and key.rsplit("@", 1)[0] not in args.only):
             return
         results[key] = compute()
         print(key, results[key], flush=True)
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1))
+        results_file.parent.mkdir(exist_ok=True)
+        results_file.write_text(json.dumps(results, indent=1))
 
     base, tokenizer = load_model("smollm2-135m")
     calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": 0}
@@ -65,12 +79,14 @@ def main() -> None:
     record("unpruned", lambda: measure(base, 0.0))
     stats, stats_seconds = None, {}
 
-    def statistics():
+    def statistics(gradients: bool):
+        """One activation pass (and one gradient pass if asked), gathered on the first run that needs them."""
         nonlocal stats
         if stats is None:
             start = time.perf_counter()
             stats = collect_activation_stats(base, batches, gram=True)
             stats_seconds["activations"] = time.perf_counter() - start
+        if gradients and "gradients" not in stats_seconds:
             start = time.perf_counter()
             for index, saliency in collect_taylor_stats(base, batches).items():
                 stats[index].taylor = saliency
@@ -84,7 +100,7 @@ def main() -> None:
 
                 def run(scorer=scorer, refit=refit, width=width):
                     if refit or scorer.data_driven:
-                        statistics()  # gathered once, on the first run that needs them
+                        statistics(gradients=scorer.needs == "gradients")
                     model = copy.deepcopy(base)
                     start = time.perf_counter()
                     prune_width(model, width, scorer, stats, 1e-4 if refit else None)
@@ -95,18 +111,22 @@ def main() -> None:
 
                 record(f"{name}{'+refit' if refit else ''}@{ratio}", run)
 
-        def sequential(ratio=ratio):
-            model = copy.deepcopy(base)
-            start = time.perf_counter()
-            Pruner("activation", ratio=ratio, calibration_mode="sequential").prune(model, batches)
-            return measure(model, time.perf_counter() - start)
+        for importance, mode in LAYER_BY_LAYER:
 
-        record(f"activation+refit (sequential)@{ratio}", sequential)
+            def layer_by_layer(ratio=ratio, importance=importance, mode=mode):
+                model = copy.deepcopy(base)
+                start = time.perf_counter()
+                Pruner(importance, ratio=ratio, calibration_mode=mode).prune(model, batches)
+                return measure(model, time.perf_counter() - start)
+
+            record(f"{importance}+refit ({mode})@{ratio}", layer_by_layer)
         for key, compute in optipfair_runs(base, batches, ratio, measure).items():
             record(key, compute)
 
-    write_section("prune_scorers", markdown(results))
-    print(f"wrote docs/BENCHMARKS.md section 'prune_scorers' from {RESULTS}")
+    results["load_before"], results["load_after"] = load_before, round(os.getloadavg()[0], 2)
+    section = "prune_scorers" if args.only is None else "prune_scorers_only"
+    write_section(section, markdown(results))
+    print(f"wrote docs/BENCHMARKS.md section '{section}' from {results_file}")
 
 
 def optipfair_runs(base, batches, ratio: float, measure) -> dict:
@@ -140,20 +160,25 @@ def optipfair_runs(base, batches, ratio: float, measure) -> dict:
 
 def markdown(results: dict) -> str:
     methods = sorted({key.rsplit("@", 1)[0] for key in results if "@" in key}, key=_method_order)
+    only = results.get("only")
+    command = COMMAND if only is None else f"{COMMAND} --only " + " ".join(f'"{m}"' for m in only)
     lines = [
-        "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)",
+        "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)"
+        + ("" if only is None else ": selected rows, measured side by side in one run"),
         "",
-        f"Command: `{COMMAND}` (optipfair 0.4.2 installed with `pip install --no-deps optipfair==0.4.2`).",
-        f"Measured on {machine()}.",
+        f"Command: `{command}` (optipfair 0.4.2 installed with `pip install --no-deps optipfair==0.4.2`).",
+        f"Measured on {machine()}; load average (1 min) {results.get('load_before', 'n/a')} before the run, "
+        f"{results.get('load_after', 'n/a')} after it.",
         "",
         "WikiText-2 **test** perplexity, seq_len 1024, `wiki.test.raw` read as one string and tokenized once, "
         "first 16 non-overlapping windows. Calibration for every data-driven row (ours and optipfair's hybrid): "
         "64 windows x 512 tokens from `wiki.valid.raw` (seed 0). `+refit` = least-squares refit of the kept "
         "`down_proj` columns on the same calibration activations (ridge 1e-4). Columns give perplexity and, "
-        "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all ratios "
-        "and scorers here; these timings were taken while other jobs shared the two cores — see the "
-        "pruning-cost section for timings on a quiet machine). optipfair keeps `1536 - int(ratio * 1536)` "
-        "neurons (615 at 60%, we keep 614), hence slightly more parameters in its 60% row.",
+        "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all one-shot "
+        "rows here; each row's cost counts it in full). `(sequential)` / `(carried)` rows calibrate layer by layer "
+        "on the already-pruned prefix (`pruning.calibration_mode`), `carried` refitting every layer to the unpruned "
+        "model's output. optipfair keeps `1536 - int(ratio * 1536)` neurons (615 at 60%, we keep 614), hence "
+        "slightly more parameters in its 60% row.",
         "",
         f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}**, {results['unpruned']['params']:,} parameters.",
         "",
@@ -166,7 +191,7 @@ def markdown(results: dict) -> str:
             entry = results.get(f"{method}@{ratio}")
             cells.append(f"{entry['ppl']:.2f} ({entry['prune_seconds']:.1f} s)" if entry else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    params = {r: results.get(f"activation@{r}", {}).get("params") for r in RATIOS}
+    params = {r: next((results[f"{m}@{r}"]["params"] for m in methods if f"{m}@{r}" in results), None) for r in RATIOS}
     lines += ["", "Parameters after pruning: " + ", ".join(f"{int(r * 100)}%: {p:,}" for r, p in params.items() if p)]
     return "\n".join(lines)
 
