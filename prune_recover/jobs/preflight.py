@@ -112,7 +112,7 @@ def is_global_zero() -> bool:
 
 def check_complete(trainer, pruning, module) -> None:
     """Fail a finished fit that did not do what was asked (nothing is exported then)."""
-    missing = [event.step for event in pruning.planned[len(pruning.events) :]]
+    missing = [event.step for event in pruning.pending()]
     if missing:
         raise RuntimeError(
             f"training stopped at step {trainer.global_step} (max_epochs, max_time or early stopping) before the "

@@ -82,7 +82,7 @@ class PruningCallback(L.Callback):
         """Under FSDP: carry out the step-0 event now, on the full model on this rank's device."""
         pl_module.model.to(trainer.strategy.root_device)
         self.on_fit_start(trainer, pl_module)
-        for event in self._pending():
+        for event in self.pending():
             self._prune(trainer, pl_module, event, log_metrics=False)  # self.log is not allowed in setup
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -92,13 +92,13 @@ class PruningCallback(L.Callback):
             log.info("Before pruning: %s", self.base)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stats_source == "training" and self._pending():
+        if self.stats_source == "training" and self.pending():
             self._start_recording(pl_module)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        for event in self._pending():
+        for event in self.pending():
             if event.step > trainer.global_step:
                 break
             self._prune(trainer, pl_module, event)
@@ -106,7 +106,8 @@ class PruningCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_recording()
 
-    def _pending(self) -> list[ScheduledEvent]:
+    def pending(self) -> list[ScheduledEvent]:
+        """The planned events not yet done."""
         return self.planned[len(self.events) :]
 
     def _prune(
@@ -155,7 +156,7 @@ class PruningCallback(L.Callback):
             pl_module.log("prune/params", result.params / 1e6)
         set_wandb_summary(trainer, "model/params_exact", result.params)
         log.info("Pruning event at step %d: %s", trainer.global_step, record)
-        if self.stats_source == "training" and self._pending():
+        if self.stats_source == "training" and self.pending():
             self._start_recording(pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
