@@ -50,11 +50,13 @@ class NeuronStats:
         """Add the down_proj inputs `x` `[tokens, intermediate]` (and, for `cross`, the unpruned model's `target`)."""
         self.sum_sq += x.square().sum(0, dtype=torch.float64)
         self.tokens += x.shape[0]
-        # float32 products per batch, float64 running sums across batches
-        if self.gram is not None:
-            self.gram += (x.T @ x).double()
-        if self.cross is not None:
-            self.cross += (x.T @ target).double()
+        # float32 products per batch, float64 running sums across batches; also when the forward pass runs
+        # under autocast (bf16 on the calibration pass costs no quality, a bf16 Gram would)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.gram is not None:
+                self.gram += (x.T @ x).double()
+            if self.cross is not None:
+                self.cross += (x.T @ target).double()
 
     @classmethod
     def zeros(cls, width: int, device: torch.device, gram: bool = False, cross: bool = False) -> NeuronStats:

@@ -121,15 +121,16 @@ class PruningCallback(L.Callback):
         needs_batches = self.pruner.needs_calibration and (stats is None or event.blocks > removed_so_far)
         calibration = trainer.datamodule.calibration_batches() if needs_batches else []
         self._stop_recording()
-        result = self.pruner.prune(
-            model,
-            calibration,
-            width=event.width,  # a width the model already has prunes nothing
-            num_blocks=event.blocks - removed_so_far,
-            stats=stats,
-            optimizers=trainer.optimizers,
-            reduce=all_reduce_mean if trainer.world_size > 1 else None,
-        )
+        with trainer.precision_plugin.forward_context():  # calibration passes in the training precision
+            result = self.pruner.prune(
+                model,
+                calibration,
+                width=event.width,  # a width the model already has prunes nothing
+                num_blocks=event.blocks - removed_so_far,
+                stats=stats,
+                optimizers=trainer.optimizers,
+                reduce=all_reduce_mean if trainer.world_size > 1 else None,
+            )
         rewrap_ddp(trainer, pl_module)
         record = {
             "step": trainer.global_step,

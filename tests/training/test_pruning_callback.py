@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 from prune_recover.arch import decoder_blocks, gated_mlps
 from prune_recover.evaluation.evaluator import Evaluator
 from prune_recover.models import save_pretrained_atomic
+from prune_recover.pruning.calibration import NeuronStats
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.tiny_models import tiny_random
 from prune_recover.training.pruning_callback import PruningCallback
@@ -205,3 +206,39 @@ def test_schedule_beyond_max_steps_is_rejected(wikitext_dir, tmp_path):
         )
     with pytest.raises(ValueError, match="stats_source must be one of"):
         PruningCallback(Pruner(ratio=0.5), stats_source="gradients")
+
+
+class AutocastProbe(L.Callback):
+    """Records, for every no-grad forward pass of block 0 (the calibration passes: validation is off), whether
+    bf16 autocast was on."""
+
+    def __init__(self):
+        self.calibration_autocast = []
+
+    def on_fit_start(self, trainer, pl_module):
+        def record(module, args):
+            if not torch.is_grad_enabled():
+                self.calibration_autocast.append(torch.is_autocast_enabled("cpu"))
+
+        decoder_blocks(pl_module.model)[0].register_forward_pre_hook(record)
+
+
+def test_calibration_runs_in_the_trainers_precision_with_float32_statistics(wikitext_dir, tmp_path):
+    probe = AutocastProbe()
+    pruning = PruningCallback(Pruner(ratio=0.5), {"kind": "oneshot", "start_step": 1})
+    trainer = tiny_trainer(
+        tmp_path, callbacks=[probe, pruning], max_steps=2, precision="bf16-mixed", limit_val_batches=0
+    )
+    trainer.fit(RecoveryModule(tiny_random("llama")[0]), datamodule=tiny_data(wikitext_dir))
+    assert probe.calibration_autocast and all(probe.calibration_autocast)
+    assert pruning.events[0]["intermediate_size"] == 64
+
+
+def test_statistics_under_autocast_are_the_float32_ones():
+    torch.manual_seed(0)
+    x, target = torch.randn(64, 16), torch.randn(64, 16)
+    plain, autocast = (NeuronStats.zeros(16, torch.device("cpu"), gram=True, cross=True) for _ in range(2))
+    plain.add(x, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast.add(x, target)
+    assert torch.equal(plain.gram, autocast.gram) and torch.equal(plain.cross, autocast.cross)
