@@ -23,6 +23,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from prune_recover.files import write_json_atomic
+from prune_recover.logs import get_logger
+
+log = get_logger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
 # What a resumed run must share with the run it resumes (a path into the config, dotted).
@@ -40,6 +43,8 @@ def check_run(cfg: DictConfig) -> None:
     settings = run_settings(cfg)
     if resuming(cfg):
         check_resume_settings(output_dir, settings)
+        if is_global_zero():
+            remove_partial_writes(output_dir)
         return
     used = used_outputs(output_dir)
     if used and not cfg.get("overwrite", False):
@@ -98,6 +103,16 @@ def check_resume_settings(output_dir: Path, settings: dict) -> None:
             f"settings do not describe: {'; '.join(differences)}. Resume with the original settings, or start a new "
             "output_dir"
         )
+
+
+def remove_partial_writes(output_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted (the checkpoints they were
+    replacing are intact); no write is in progress when a run starts."""
+    partial = [*output_dir.glob(".*.ckpt.tmp-*"), *(output_dir / "checkpoints").glob(".*.ckpt.tmp-*")]
+    for path in partial:
+        log.warning("Removing %s: the temporary file of a checkpoint write that was interrupted", path)
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def used_outputs(output_dir: Path) -> list[Path]:

@@ -98,3 +98,19 @@ def test_bad_input_is_refused_before_the_model_loads(wikitext_dir, tmp_path, mon
             resolved.append(item)
     with pytest.raises(ValueError, match=message):
         run(compose_config(tiny_overrides(wikitext_dir, tmp_path / "run") + resolved))
+
+
+def test_a_resumed_run_removes_the_temporary_files_of_checkpoint_writes_a_kill_interrupted(tmp_path, wikitext_dir):
+    from prune_recover.jobs.preflight import check_run
+
+    out = tmp_path / "run"
+    cfg = compose_config(tiny_overrides(wikitext_dir, out))
+    check_run(cfg)  # a new run: records its settings
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"complete")
+    partial = [out / "checkpoints" / ".last.ckpt.tmp-1a2b3c4d", out / ".hpc_ckpt_1.ckpt.tmp-5e6f7a8b"]
+    for path in partial:
+        path.write_bytes(b"half a checkpoint")
+    check_run(compose_config(tiny_overrides(wikitext_dir, out) + ["ckpt_path=last"]))
+    assert not any(path.exists() for path in partial)
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"complete"
