@@ -7,9 +7,9 @@ It composes the same config as `train.py` (e.g. `recipe=medit8b_to_4b8`), reads 
 - training: weights, gradients and AdamW's two states in the master dtype (`callbacks.master_weights.dtype`,
   else the loaded dtype), divided by the number of GPUs under FSDP (full shard), whole under DDP; for LoRA
   only the adapters have gradients and optimizer states; a distillation teacher (the unpruned model, in bf16
-  under bf16 autocast, one unsharded copy per GPU); activations: with gradient checkpointing each block's
-  input is kept (`batch x seq x hidden`, 2 bytes) plus one block's working set, else every block's; and the
-  float32 logits and their gradient (`batch x seq x vocab x 8`).
+  under bf16 autocast, sharded like the weights under FSDP, a whole copy per GPU under DDP); activations: with
+  gradient checkpointing each block's input is kept (`batch x seq x hidden`, 2 bytes) plus one block's working
+  set, else every block's; and the float32 logits and their gradient (`batch x seq x vocab x 8`).
 Estimates leave out allocator fragmentation and CUDA context (~1-2 GiB): keep a margin. Exit status 1 when
 the total exceeds the GPU memory.
 """
@@ -89,7 +89,7 @@ def memory_plan(cfg: DictConfig, gpus: int, gpu_memory_gib: float) -> MemoryPlan
         "weights": params * master / shards,
         "gradients": trainable * master / shards,
         "AdamW states (2)": 2 * trainable * master / shards,
-        "distillation teacher (bf16, unsharded)": base_params * 2 if cfg.recovery.module.distill.alpha > 0 else 0,
+        "distillation teacher (bf16)": base_params * 2 / shards if cfg.recovery.module.distill.alpha > 0 else 0,
         "activations": batch * seq * hidden * 2 * (kept_blocks + BLOCK_WORKING_SET * (1 if checkpointing else layers)),
         "logits and their gradient (float32)": batch * seq * vocab * 8,
     }

@@ -9,7 +9,8 @@ schedules, `schedule.start_step > 0`) are refused with an error; run them with `
 prune in one job (`recovery=none`) and recover the exported model with `trainer=fsdp` in a second.
 A resumed FSDP job repeats the step-0 event before sharding (same model, same calibration batches,
 same shapes) and then loads the sharded checkpoint into it. After training, every rank takes part in
-gathering the full model for evaluation and export (`full_state.py`).
+gathering the full model for evaluation and export (`full_state.py`). A distillation teacher is sharded too
+(`shard_frozen`: 1/world of it per GPU instead of a whole copy).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from prune_recover.arch import decoder_blocks
 from prune_recover.models import load_config
 
 FSDP_PRUNING_HELP = (
@@ -61,6 +63,21 @@ def decoder_block_class(config) -> type[nn.Module]:
 def is_fsdp(strategy) -> bool:
     """Whether `strategy` shards the model with FSDP."""
     return isinstance(strategy, FSDPStrategy)
+
+
+def shard_frozen(model: nn.Module, mesh=None) -> nn.Module:
+    """Shard a frozen model (the distillation teacher) over all ranks with torch's FSDP2 `fully_shard`.
+
+    Each rank then holds 1/world of its weights; a forward pass gathers one decoder block at a time and frees it
+    afterwards, so every rank must run the forward together (the teacher runs once per training step on every
+    rank). `mesh`: None takes torch's default mesh over all ranks on the current device type.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in decoder_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from transformers.initialization import no_init_weights
 
 from prune_recover.arch import unwrap
 from prune_recover.lm import count_parameters, summed_nll
-from prune_recover.training.distributed import rewrap_ddp
+from prune_recover.training.distributed import is_fsdp, rewrap_ddp, shard_frozen
 from prune_recover.training.recovery_settings import DistillSettings, LoraSettings
 
 METHODS = ("full", "distill", "lora", "cpt_then_lora")
@@ -142,6 +142,8 @@ class RecoveryModule(L.LightningModule):
             parameter = next(self.model.parameters())
             dtype = TEACHER_DTYPES.get(str(self.trainer.precision), parameter.dtype)
             self.teacher.to(device=parameter.device, dtype=dtype)
+            if is_fsdp(self.trainer.strategy) and self.trainer.world_size > 1:
+                shard_frozen(self.teacher)  # 1/world of the teacher per GPU, like the student
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]

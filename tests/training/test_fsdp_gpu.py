@@ -19,9 +19,12 @@ pytestmark = [
 ]
 
 
-def test_fsdp_run_prunes_before_sharding_trains_and_exports_the_gathered_model(wikitext_dir, tmp_path):
+@pytest.mark.parametrize("recovery", ["full", "distill"])
+def test_fsdp_run_prunes_before_sharding_trains_and_exports_the_gathered_model(wikitext_dir, tmp_path, recovery):
+    """With `recovery=distill` the teacher is sharded too (`shard_frozen`) and runs in step on both ranks."""
     out = tmp_path / "fsdp"
     overrides = tiny_overrides(wikitext_dir, out) + [
+        f"recovery={recovery}",
         "trainer=fsdp",
         "trainer.devices=2",
         "trainer.precision=bf16-mixed",

@@ -56,3 +56,14 @@ def test_a_gathered_lora_state_is_merged_like_the_model_itself():
     assert copy.state_dict().keys() == merged.state_dict().keys()
     for key, value in merged.state_dict().items():
         torch.testing.assert_close(copy.state_dict()[key], value)
+
+
+def test_a_teacher_sharded_over_two_ranks_holds_half_its_weights_per_rank_and_gives_the_same_logits(tmp_path):
+    teacher = tiny_pruned_model().eval()
+    with torch.no_grad():
+        expected = teacher(TOKENS, use_cache=False).logits
+    whole = sum(p.numel() * p.element_size() for p in teacher.parameters())
+    run_two_ranks(Path(__file__).with_name("teacher_shard_worker.py"), str(tmp_path))
+    result = torch.load(tmp_path / "teacher.pt")
+    torch.testing.assert_close(result["logits"], expected, rtol=1e-5, atol=1e-5)
+    assert sum(result["bytes_per_rank"]) == whole and max(result["bytes_per_rank"]) <= 0.55 * whole
