@@ -7,6 +7,8 @@ It runs `python train.py output_dir=outputs/bench_default logger=csv` (the defau
 the figures of its pruning_report.json with the run's wall time. `--report` writes the section from the report
 of a run already made with the default recipe (e.g. the `distill-mix` row of bench/general_quality.py, which
 adds the zero-shot suite at the end) instead of running it again; the section names that run's command.
+`--zeroshot N` also scores the unpruned model and the run's export on the zero-shot suite, N items per task,
+with `python -m prune_recover.eval` (reports under outputs/bench_default_zeroshot/, reused if present).
 """
 
 from __future__ import annotations
@@ -29,16 +31,20 @@ COMMAND = "python bench/default_recipe.py"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", type=Path, default=None, help="pruning_report.json of a default-recipe run")
+    parser.add_argument("--zeroshot", type=int, default=None, metavar="N", help="zero-shot items per task")
     args = parser.parse_args()
     if args.report is None:
         out = REPO / "outputs" / "bench_default"
         start = time.perf_counter()
         subprocess.run([sys.executable, "train.py", f"output_dir={out}", "logger=csv"], cwd=REPO, check=True)
         wall, report_file = time.perf_counter() - start, out / "pruning_report.json"
+        report = json.loads(report_file.read_text())
+        report["bench_wall_seconds"] = wall  # the whole command, for a later `--report` of this run
+        report_file.write_text(json.dumps(report, indent=2))
     else:
         report_file = args.report
     report = json.loads(report_file.read_text())
-    wall = report.get("bench_wall_seconds", wall if args.report is None else report["wall_seconds"])
+    wall = report.get("bench_wall_seconds", report["wall_seconds"])  # the latter: without loading and base eval
     base, event, final = report["base"], report["events"][0], report["final"]
     domains = list(base["ppl_by_domain"])
     recovery, config = report["recovery"], report["config"]
@@ -50,7 +56,8 @@ def main() -> None:
         [
             "## Default recipe (`python train.py` = recipe smollm2_demo), end to end",
             "",
-            f"Command: `{COMMAND}{' --report ' + str(args.report) if args.report else ''}`; the run: "
+            f"Command: `{COMMAND}{' --report ' + str(args.report) if args.report else ''}"
+            f"{' --zeroshot ' + str(args.zeroshot) if args.zeroshot else ''}`; the run: "
             f"`{report.get('command') or 'python train.py output_dir=outputs/bench_default logger=csv'}`. "
             f"Measured on {machine()}, precision {config['trainer']['precision']}; whole run {wall / 60:.1f} min "
             "(with the zero-shot suite at the end when the run's command asks for it).",
@@ -68,8 +75,40 @@ def main() -> None:
             f"| after recovery | {final['params']:,} | {ppl(final)} |",
         ]
     )
+    if args.zeroshot:
+        body += "\n\n" + zeroshot_section(report_file.parent / "final", args.zeroshot)
     write_section("default_recipe", body)
     print(body)
+
+
+def zeroshot_section(export: Path, limit: int) -> str:
+    """The zero-shot suite at `limit` items per task for the unpruned model and `export`, side by side."""
+    from prune_recover.evaluation.tasks import ZEROSHOT_TASKS
+
+    results = {}
+    for name, model in (("unpruned SmolLM2-135M", "smollm2-135m"), ("the default recipe's export", str(export))):
+        out = REPO / "outputs" / "bench_default_zeroshot" / ("base" if model == "smollm2-135m" else "export")
+        if not (out / "eval_report.json").exists():
+            command = [sys.executable, "-m", "prune_recover.eval", model, "eval.tasks=[zeroshot]"]
+            subprocess.run([*command, f"eval.task_limit={limit}", f"output_dir={out}"], cwd=REPO, check=True)
+        results[name] = json.loads((out / "eval_report.json").read_text())["result"]
+    tasks = list(ZEROSHOT_TASKS)
+    lines = [
+        f"Zero-shot suite, the first {limit} items of each task: `python -m prune_recover.eval MODEL "
+        f"eval.tasks=[zeroshot] eval.task_limit={limit}` (headline metric ± standard error).",
+        "",
+        "| model | " + " | ".join(tasks) + " | average |",
+        "| --- |" + " --- |" * (len(tasks) + 1),
+    ]
+    for name, result in results.items():
+        cells = []
+        for task in tasks:
+            metric = ZEROSHOT_TASKS[task][1]
+            cells.append(f"{result['tasks'][task][metric]:.3f} ± {result['tasks'][task][metric + '_stderr']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{result['task_average']:.3f}** |")
+    averages = [result["task_average"] for result in results.values()]
+    lines += ["", f"Average: {100 * (averages[1] - averages[0]):+.1f} points against the unpruned model."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
