@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
@@ -39,6 +39,8 @@ class MemoryPlan:
     rows: dict[str, float]
     gpus: int
     gpu_memory: float
+    # other settings' figures for comparison, not part of the totals (e.g. activations without checkpointing)
+    alternatives: dict[str, float] = field(default_factory=dict)
 
     @property
     def training_total(self) -> float:
@@ -59,6 +61,10 @@ class MemoryPlan:
         lines += [f"| **training total** | **{self.training_total / GIB:.1f}** |"]
         verdict = "fits" if self.fits else "does NOT fit"
         lines += ["", f"{self.gpus} GPUs of {self.gpu_memory / GIB:.0f} GiB: {verdict}."]
+        lines += [
+            f"For comparison, not in the totals: {name}: {value / GIB:.1f} GiB."
+            for name, value in self.alternatives.items()
+        ]
         return "\n".join(lines)
 
 
@@ -82,7 +88,12 @@ def memory_plan(cfg: DictConfig, gpus: int, gpu_memory_gib: float) -> MemoryPlan
     batch, seq = cfg.data.batch_size, cfg.data.block_size
     hidden, vocab = before.hidden_size, config.vocab_size
     checkpointing = cfg.recovery.module.get("gradient_checkpointing", False)
-    kept_blocks = layers if checkpointing else 0
+
+    def activations(checkpointed: bool) -> float:
+        """Each block's input kept (2 bytes) plus one block's working set, or every block's working set."""
+        kept_blocks = layers if checkpointed else 0
+        return batch * seq * hidden * 2 * (kept_blocks + BLOCK_WORKING_SET * (1 if checkpointed else layers))
+
     rows = {
         "setup: unpruned model while pruning at step 0": base_params * loaded if shards > 1 else 0,
         "setup: one layer's refit Gram matrix (float64)": before.intermediate_size**2 * 8 if pruner else 0,
@@ -90,10 +101,11 @@ def memory_plan(cfg: DictConfig, gpus: int, gpu_memory_gib: float) -> MemoryPlan
         "gradients": trainable * master / shards,
         "AdamW states (2)": 2 * trainable * master / shards,
         "distillation teacher (bf16)": base_params * 2 / shards if cfg.recovery.module.distill.alpha > 0 else 0,
-        "activations": batch * seq * hidden * 2 * (kept_blocks + BLOCK_WORKING_SET * (1 if checkpointing else layers)),
+        f"activations (activation checkpointing {'on' if checkpointing else 'off'})": activations(checkpointing),
         "logits and their gradient (float32)": batch * seq * vocab * 8,
     }
-    return MemoryPlan(rows, gpus, gpu_memory_gib * GIB)
+    other = f"activations with activation checkpointing {'off' if checkpointing else 'on'}"
+    return MemoryPlan(rows, gpus, gpu_memory_gib * GIB, {other: activations(not checkpointing)})
 
 
 def _lora_params(cfg: DictConfig, before: ParamModel, width: int, layers: int) -> int:

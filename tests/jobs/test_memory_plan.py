@@ -42,3 +42,14 @@ def test_the_command_exits_non_zero_when_the_plan_does_not_fit(capsys):
     assert "does NOT fit" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--gpus", "0"])
+
+
+def test_a_distillation_teacher_is_sharded_like_the_weights_and_both_activation_settings_are_shown(llama31_8b_config):
+    overrides = ["recipe=medit8b_to_4b8", f"model.name={llama31_8b_config}", "recovery.module.distill.alpha=1.0"]
+    sharded = memory_plan(compose_train_config(overrides), gpus=8, gpu_memory_gib=80)
+    replicated = memory_plan(compose_train_config([*overrides, "trainer=ddp"]), gpus=8, gpu_memory_gib=80)
+    assert sharded.rows["distillation teacher (bf16)"] == BASE_PARAMS * 2 / 8
+    assert replicated.rows["distillation teacher (bf16)"] == BASE_PARAMS * 2
+    (shown,) = [value for name, value in sharded.rows.items() if name.startswith("activations")]
+    (other,) = sharded.alternatives.values()
+    assert other != shown and "For comparison" in sharded.table()
