@@ -140,6 +140,7 @@ def test_recovery_job_reports_events_and_final_validation(wikitext_dir, tmp_path
         } <= set(event)
     assert saved["events"][1]["tokens_seen"] == 4 * 64 and saved["events"][1]["train_loss"] > 0
     assert saved["final"]["val_ppl"] > 1 and saved["recovery"] == {**saved["recovery"], "steps": 5, "method": "full"}
+    assert saved["history"][-1]["step"] == 4  # no validation at step 5: the final val_ppl was measured afterwards
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert any((out / "wandb").glob("offline-run-*")), "W&B logged offline under output_dir"
     reloaded = AutoModelForCausalLM.from_pretrained(out / "final")
@@ -159,3 +160,10 @@ def test_the_real_entry_point_runs_under_hydra(wikitext_dir, tmp_path):
     assert (out / "final" / "config.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["events"][0]["importance"] == "maw" and report["recovery"]["method"] == "lora"
+
+
+def test_a_validation_at_the_last_step_is_the_final_val_ppl_without_measuring_it_again():
+    from prune_recover.jobs.prune_and_recover import final_val_ppl
+
+    history = [{"step": 40, "val_ppl": 35.4}, {"step": 80, "val_ppl": 33.9}]
+    assert final_val_ppl(None, None, history, step=80) == 33.9  # no model, no data: nothing is run

@@ -60,8 +60,7 @@ def prune_and_recover(
     if model is None:  # not global rank zero
         return None
     final = evaluator.summary(model)
-    # Measured directly: trainer.validate() would reload a SLURM hpc checkpoint instead of these weights.
-    final["val_ppl"] = perplexity(model, data.val_ids(), PerplexityProtocol(data.block_size, data.max_val_blocks)).ppl
+    final["val_ppl"] = final_val_ppl(model, data, module.val_history, trainer.global_step)
     report = run_report(
         run_info,
         protocol={**evaluator.describe(), "eval_data": data.describe_split(data.test_split)},
@@ -84,3 +83,14 @@ def prune_and_recover(
     export(model, tokenizer, output_dir, report, (run_info or {}).get("model", "model"), **(export_settings or {}))
     log.info("Final: %s", final)
     return report
+
+
+def final_val_ppl(model, data: CausalLMDataModule, history: list[dict], step: int) -> float:
+    """Validation perplexity of the trained model: the validation run at the last step when there was one (the
+    same weights and blocks, measured in the training precision), else measured now on the validation blocks.
+
+    Measured directly rather than by `trainer.validate()`, which would reload a SLURM hpc checkpoint.
+    """
+    if history and history[-1]["step"] == step:
+        return history[-1]["val_ppl"]
+    return perplexity(model, data.val_ids(), PerplexityProtocol(data.block_size, data.max_val_blocks)).ppl
