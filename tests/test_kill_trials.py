@@ -71,10 +71,8 @@ def test_twenty_random_sigkills_then_resume_end_as_the_run_left_alone(wikitext_d
     rng = random.Random(0)
     reference, out = tmp_path / "reference", tmp_path / "killed"
     env = other_filesystem_tmpdir(tmp_path)
-    finished(
-        start(resume_overrides(wikitext_dir, tmp_path, reference) + ["callbacks.checkpoint.every_n_train_steps=2"])
-    )
-    overrides = resume_overrides(wikitext_dir, tmp_path, out) + ["callbacks.checkpoint.every_n_train_steps=2"]
+    finished(start(trial_overrides(wikitext_dir, tmp_path, reference)))
+    overrides = trial_overrides(wikitext_dir, tmp_path, out)
     kills, step = 0, 0
     for trial in range(TRIALS):
         process = start(overrides + (["ckpt_path=last"] if trial else []), env)
