@@ -54,6 +54,14 @@ ROWS = {
 }
 
 
+# Which code measured the rows above (kept with the table, since a rerun of `--table` rewrites the section).
+PROVENANCE = (
+    "The rows ran on 2026-11-30 with the code of commit 97fcb99 plus the exact-resume work then in progress, whose "
+    "training loader shuffled with `DataLoader(shuffle=True)`; since 20db15c the order comes from `EpochShuffle` "
+    "(seed, epoch), so a run today trains on the same blocks in another order and its figures differ slightly. "
+    "100 zero-shot items per task (standard error about 0.05 per task); the default recipe's own comparison at 200 "
+    "items is in the default-recipe section."
+)
 READING = (
     "How to read it: at 135M parameters several tasks sit at chance, so their changes are noise, not quality. "
     "ARC-Challenge and OpenBookQA (acc_norm, chance 0.25), WinoGrande and PIQA (chance 0.5) move within one "
@@ -162,6 +170,8 @@ def main() -> None:
             f"Not measured yet (`--only NAME` runs one): {', '.join(missing)}." if missing else "",
             "",
             *versus_unpruned(done),
+            "",
+            PROVENANCE,
             "",
             READING,
         ]
