@@ -3,12 +3,10 @@
 Lightning's `ModelCheckpoint(every_n_train_steps=N)` saves at the end of the training batch; a validation
 scheduled at the same step runs after that save. A run resumed from that checkpoint counts the validation as
 done (the loop fast-forwards past it), so its result is in neither the checkpoint nor the resumed run: the
-report's history loses it. `ValidatedCheckpoint` writes `last.ckpt` again after such a validation; resuming
-from it is resuming "after the validation", which Lightning handles by not running it again.
-
-Known gap: a kill *during* that validation (after the first save, before the rewrite) still leaves the
-pre-validation checkpoint, and the resumed run skips the validation (`tests/test_kill_trials.py` hit it once in
-20 kills). Everything else of the resumed run is exact; only that validation's entry is missing from the history.
+report's history loses it. `ValidatedCheckpoint` makes that step's save after the validation instead (when it
+can tell a validation follows: `val_check_interval` in batches, `check_val_every_n_epoch=null`), and otherwise
+writes `last.ckpt` again after such a validation. Resuming from a checkpoint written after the validation is
+resuming "after the validation", which Lightning handles by not running it again.
 """
 
 from __future__ import annotations
@@ -18,16 +16,40 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class ValidatedCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose step-triggered `last.ckpt` is written again after a validation at the same step.
+    """`ModelCheckpoint` whose step-triggered save, when a validation follows at the same step, is made after it.
 
-    Only `last.ckpt` (what `ckpt_path=last` resumes from) is rewritten; step-named files keep the state from
-    before the validation.
+    Where the validation schedule is by epochs the save stays before it and only `last.ckpt` (what
+    `ckpt_path=last` resumes from) is written again after the validation.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deferred_step: int | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
+        if validation_follows(trainer):
+            self._deferred_step = trainer.global_step  # saved in on_validation_end, after the validation
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        if trainer.sanity_checking:
+            return
+        if self._deferred_step == trainer.global_step:
+            self._deferred_step = None
+            # the step save exactly as ModelCheckpoint makes it at a batch end (it reads only the trainer's state)
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+            return
         # `_last_global_step_saved` is Lightning's own record of the step its last save belongs to
         saved_at_this_step = self._last_global_step_saved == trainer.global_step > 0
-        if trainer.sanity_checking or not saved_at_this_step or not self.save_last or not self.last_model_path:
-            return
-        trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        if saved_at_this_step and self.save_last and self.last_model_path:
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+
+
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether Lightning runs a validation right after the current training batch (schedules in batches only)."""
+    interval = trainer.val_check_batch
+    if not trainer.enable_validation or trainer.check_val_every_n_epoch is not None or not isinstance(interval, int):
+        return False
+    return (trainer.fit_loop.total_batch_idx + 1) % interval == 0
