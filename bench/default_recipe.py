@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.markdown import machine, write_section  # noqa: E402
+from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "python bench/default_recipe.py"
@@ -101,11 +101,7 @@ def zeroshot_section(export: Path, limit: int) -> str:
         "| --- |" + " --- |" * (len(tasks) + 1),
     ]
     for name, result in results.items():
-        cells = []
-        for task in tasks:
-            metric = ZEROSHOT_TASKS[task][1]
-            cells.append(f"{result['tasks'][task][metric]:.3f} ± {result['tasks'][task][metric + '_stderr']:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{result['task_average']:.3f}** |")
+        lines.append(f"| {name} | " + " | ".join(zeroshot_cells(result)) + f" | **{result['task_average']:.3f}** |")
     averages = [result["task_average"] for result in results.values()]
     others = [task for task in tasks if task != "boolq"]
     without = [sum(r["tasks"][t][ZEROSHOT_TASKS[t][1]] for t in others) / len(others) for r in results.values()]

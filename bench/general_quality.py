@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.markdown import machine, write_section  # noqa: E402
+from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,9 +105,7 @@ def table(reports: dict[str, dict]) -> list[str]:
         result = result_of(name, report)
         cells = [ROWS.get(name, ("unpruned SmolLM2-135M",))[0], f"{result['params'] / 1e6:.1f}M"]
         cells += [f"{result['ppl_by_domain'][d]['1024']:.2f}" for d in ("wikitext2", "code")]
-        for task in tasks:
-            scores, metric = result["tasks"][task], ZEROSHOT_TASKS[task][1]
-            cells.append(f"{scores[metric]:.3f} ± {scores[metric + '_stderr']:.3f}")
+        cells += zeroshot_cells(result)
         wall = report.get("bench_wall_seconds")
         cells += [f"**{result['task_average']:.3f}**", f"{wall / 60:.1f}" if wall else ""]
         lines.append("| " + " | ".join(cells) + " |")

@@ -30,3 +30,14 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def zeroshot_cells(result: dict) -> list[str]:
+    """Each zero-shot task's headline metric ± its standard error, in suite order, from a report's result."""
+    from prune_recover.evaluation.tasks import ZEROSHOT_TASKS
+
+    cells = []
+    for task, (_, metric) in ZEROSHOT_TASKS.items():
+        scores = result["tasks"][task]
+        cells.append(f"{scores[metric]:.3f} ± {scores[metric + '_stderr']:.3f}")
+    return cells
