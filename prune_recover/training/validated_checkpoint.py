@@ -22,22 +22,15 @@ class ValidatedCheckpoint(ModelCheckpoint):
     `ckpt_path=last` resumes from) is written again after the validation.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._deferred_step: int | None = None
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
-        if validation_follows(trainer):
-            self._deferred_step = trainer.global_step  # saved in on_validation_end, after the validation
-            return
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if not validation_follows(trainer):  # else saved in on_validation_end, after the validation
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if trainer.sanity_checking:
             return
-        if self._deferred_step == trainer.global_step:
-            self._deferred_step = None
+        if validation_follows(trainer):  # the batch this validation follows: its step save was deferred to here
             # the step save exactly as ModelCheckpoint makes it at a batch end (it reads only the trainer's state)
             super().on_train_batch_end(trainer, pl_module, None, None, 0)
             return
