@@ -59,7 +59,8 @@ def main() -> None:
             f"Command: `{COMMAND}{' --report ' + str(args.report) if args.report else ''}"
             f"{' --zeroshot ' + str(args.zeroshot) if args.zeroshot else ''}`; the run: "
             f"`{report.get('command') or 'python train.py output_dir=outputs/bench_default logger=csv'}`. "
-            f"Measured on {machine()}, precision {config['trainer']['precision']}; whole run {wall / 60:.1f} min "
+            f"Measured on {machine()}, precision {config['trainer']['precision']} (evaluation "
+            f"{report['protocol'].get('precision', 'float32')}); whole run {wall / 60:.1f} min "
             "(with the zero-shot suite at the end when the run's command asks for it).",
             "",
             f"SmolLM2-135M, 40% of MLP neurons removed before the first step ({event['importance']} + down_proj refit, "
@@ -85,17 +86,20 @@ def zeroshot_section(export: Path, limit: int) -> str:
     """The zero-shot suite at `limit` items per task for the unpruned model and `export`, side by side."""
     from prune_recover.evaluation.tasks import ZEROSHOT_TASKS
 
-    results = {}
+    results, precisions = {}, set()
     for name, model in (("unpruned SmolLM2-135M", "smollm2-135m"), ("the default recipe's export", str(export))):
         out = REPO / "outputs" / "bench_default_zeroshot" / ("base" if model == "smollm2-135m" else "export")
         if not (out / "eval_report.json").exists():
             command = [sys.executable, "-m", "prune_recover.eval", model, "eval.tasks=[zeroshot]"]
             subprocess.run([*command, f"eval.task_limit={limit}", f"output_dir={out}"], cwd=REPO, check=True)
-        results[name] = json.loads((out / "eval_report.json").read_text())["result"]
+        scored = json.loads((out / "eval_report.json").read_text())
+        results[name] = scored["result"]
+        precisions.add(scored["protocol"].get("precision", "float32"))
     tasks = list(ZEROSHOT_TASKS)
     lines = [
         f"Zero-shot suite, the first {limit} items of each task: `python -m prune_recover.eval MODEL "
-        f"eval.tasks=[zeroshot] eval.task_limit={limit}` (headline metric ± standard error).",
+        f"eval.tasks=[zeroshot] eval.task_limit={limit}` (headline metric ± standard error), computed in "
+        f"{' and '.join(sorted(precisions))}.",
         "",
         "| model | " + " | ".join(tasks) + " | average |",
         "| --- |" + " --- |" * (len(tasks) + 1),

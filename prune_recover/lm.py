@@ -1,4 +1,5 @@
-"""What every layer asks of a causal LM: its device, a temporary eval mode, its size, its summed NLL.
+"""What every layer asks of a causal LM: its device, a temporary eval mode, its size, its summed NLL, the
+precision its forward passes compute in.
 
 One home for each, so that evaluation (perplexity), pruning (block scores, calibration passes) and
 training (validation) measure a model the same way.
@@ -30,6 +31,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+# Precisions a forward pass may compute in: float32 as the weights are, or autocast to a 16-bit type
+# (matrix products in 16 bits, weights untouched).
+FORWARD_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_forward_precision(precision: str) -> str:
+    """`precision` if it names a forward precision, else a ValueError that lists the allowed ones."""
+    if precision not in FORWARD_PRECISIONS:
+        raise ValueError(f"precision '{precision}' is not supported; choose one of {sorted(FORWARD_PRECISIONS)}")
+    return precision
+
+
+def forward_precision(precision: str, device: torch.device) -> torch.autocast:
+    """A context in which `model(...)` computes in `precision`: autocast to it on `device`, or for float32 autocast
+    switched off (also inside a caller's autocast region, such as a training step's)."""
+    dtype = FORWARD_PRECISIONS[check_forward_precision(precision)]
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def count_parameters(model: nn.Module) -> int:

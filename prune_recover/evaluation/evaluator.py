@@ -2,7 +2,8 @@
 
 `Evaluator` scores perplexity on named text domains (the test split first: its first window length is
 the headline figure) at every configured window length and, when tasks are configured, runs lm-eval
-tasks on the in-memory model (before pruning and at the end only: they take minutes).
+tasks on the in-memory model (before pruning and at the end only: they take minutes), every forward pass in
+one precision (`eval.precision`; the configs default to the trainer's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prune_recover.data.sources import text_file_ids
 from prune_recover.evaluation.perplexity import PerplexityProtocol, perplexity
 from prune_recover.evaluation.perplexity import __doc__ as PROTOCOL_DOC
 from prune_recover.evaluation.report import model_summary
+from prune_recover.lm import check_forward_precision, forward_precision, model_device
 
 
 class Evaluator:
@@ -31,6 +33,8 @@ class Evaluator:
         task_limit: Items per task the tasks were limited to (recorded in `describe`).
         tasks_before_pruning: Run the tasks on the unpruned model too (`before_pruning`); False leaves them to
             the end (a sweep that scores its one base model once, with `python -m prune_recover.eval`).
+        precision: What the forward passes of perplexity and tasks compute in: `float32`, or autocast to
+            `bfloat16` / `float16` (the precision a mixed-precision run trains in).
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class Evaluator:
         tasks: Callable[[nn.Module], dict] | None = None,
         task_limit: int | None = None,
         tasks_before_pruning: bool = True,
+        precision: str = "float32",
     ):
         if not seq_lens:
             raise ValueError("eval.seq_lens must name at least one window length")
@@ -51,7 +56,8 @@ class Evaluator:
         self.tasks = tasks
         self.task_limit = task_limit
         self.tasks_before_pruning = tasks_before_pruning
-        self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size) for n in seq_lens]
+        self.precision = precision
+        self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size, precision) for n in seq_lens]
         longest = max(p.seq_len for p in self.protocols)
         for name, ids in self.domains.items():
             if ids.numel() < longest:
@@ -79,7 +85,10 @@ class Evaluator:
     def summary(self, model: nn.Module, tasks: bool = True) -> dict:
         """Size, perplexity of every domain at every length, and the task scores when tasks are configured."""
         by_domain = self.perplexities(model)
-        results = self.tasks(model) if tasks and self.tasks else None
+        results = None
+        if tasks and self.tasks:
+            with forward_precision(self.precision, model_device(model)):
+                results = self.tasks(model)
         return model_summary(model, by_domain, results)
 
     def before_pruning(self, model: nn.Module) -> dict:
@@ -93,6 +102,7 @@ class Evaluator:
             "domains": {name: ids.numel() for name, ids in self.domains.items()},
             "task_limit": self.task_limit if self.tasks else None,
             "tasks_before_pruning": bool(self.tasks) and self.tasks_before_pruning,
+            "precision": self.precision,
             "description": PROTOCOL_DOC.strip(),
         }
 
@@ -111,6 +121,7 @@ def build_evaluator(
     task_batch_size: int = 8,
     zeroshot_dir: str | Path | None = None,
     tasks_before_pruning: bool = True,
+    precision: str = "float32",
 ) -> Evaluator:
     """The evaluator of the `eval` config node; everything it reads is read and checked here, before weights load.
 
@@ -120,7 +131,9 @@ def build_evaluator(
         texts: Extra domains `{name: path or [paths]}` of plain text (files of one domain are joined with EOS).
         tasks: lm-eval task names (`zeroshot`, its tasks, the local WikiText tasks, lm-eval's own).
         zeroshot_dir: Folder of the zero-shot suite's JSON lines.
+        precision: The forward passes' precision (`float32`, `bfloat16`, `float16`), checked before anything is read.
     """
+    check_forward_precision(precision)
     domains = {test_name: test_ids}
     for name, paths in (texts or {}).items():
         if name in domains:
@@ -136,4 +149,6 @@ def build_evaluator(
         task_evaluator = build_task_evaluator(
             tokenizer, list(tasks), zeroshot_dir, test_file, task_limit, task_batch_size
         )
-    return Evaluator(domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit, tasks_before_pruning)
+    return Evaluator(
+        domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit, tasks_before_pruning, precision
+    )

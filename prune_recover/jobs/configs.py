@@ -41,16 +41,26 @@ def cpu_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return "bf16-mixed" if flags & {"avx512_bf16", "amx_bf16"} else "32-true"
 
 
+def eval_precision(trainer_precision: str) -> str:
+    """The forward precision of evaluation that matches a Lightning `trainer.precision`: `bfloat16` for
+    `bf16-mixed` / `bf16-true`, `float16` for `16-mixed` / `16-true`, `float32` otherwise."""
+    name = str(trainer_precision)
+    if name.startswith("bf16"):
+        return "bfloat16"
+    return "float16" if name.startswith("16") else "float32"
+
+
 RESOLVERS = {
     "stable_id": stable_id,
     "stderr_is_terminal": stderr_is_terminal,
     "stdlib": stdlib,
     "cpu_precision": cpu_precision,
+    "eval_precision": eval_precision,
 }
 
 
 def register_resolvers() -> None:
-    """Register the resolvers the configs use (`stable_id`, `stderr_is_terminal`, `stdlib`, `cpu_precision`)."""
+    """Register the resolvers the configs use (the keys of `RESOLVERS`)."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -50,3 +50,24 @@ def test_windows_in_order_or_seeded_and_errors():
     assert torch.equal(drawn, windows(ids, 10, 4, seed=1)) and (drawn[:, 0] % 10 == 0).all()
     with pytest.raises(ValueError, match="asked for 11 windows of 10 tokens but the text holds 10"):
         windows(ids, 10, 11)
+
+
+def test_precision_autocasts_every_forward_of_the_evaluator_and_is_checked():
+    model, _ = tiny_random("llama")
+    ids = torch.randint(3, 259, (600,), generator=torch.Generator().manual_seed(0))
+    full = perplexity(model, ids, PerplexityProtocol(128, 4)).ppl
+    half = perplexity(model, ids, PerplexityProtocol(128, 4, precision="bfloat16")).ppl
+    assert half != full and math.isclose(half, full, rel_tol=0.02)  # bf16 products: close, not identical
+
+    def tasks(_model):  # records whether the task forwards would run under autocast
+        return {"tasks": {"probe": {"autocast": torch.is_autocast_enabled("cpu")}}, "average": 0.0}
+
+    for precision, autocast in [("float32", False), ("bfloat16", True)]:
+        evaluator = Evaluator({"test": ids}, seq_lens=[128], max_windows=4, tasks=tasks, precision=precision)
+        summary = evaluator.summary(model)
+        assert summary["tasks"]["probe"]["autocast"] is autocast
+        assert summary["ppl"] == (half if autocast else full) and evaluator.describe()["precision"] == precision
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast does not leak into float32
+            assert evaluator.summary(model)["ppl"] == summary["ppl"]
+    with pytest.raises(ValueError, match=r"precision 'fp8' is not supported; choose one of \['bfloat16', 'float16'"):
+        PerplexityProtocol(precision="fp8")
