@@ -3,7 +3,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from prune_recover.arch import decoder_blocks, gated_mlps
-from prune_recover.pruning.calibration import ActivationRecorder, collect_activation_stats
+from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, collect_activation_stats
 from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.refit import refit_down_proj
@@ -109,3 +109,29 @@ def test_recorder_stats_follow_reset_and_remove_their_hooks():
         recorder.reset()
         assert recorder.stats[1].tokens == 0
     assert not decoder_blocks(model)[1].mlp.down_proj._forward_pre_hooks
+
+
+def test_gram_of_a_bf16_pass_is_a_bf16_product_and_float16_does_not_overflow():
+    x = torch.randn(512, 48, generator=torch.Generator().manual_seed(0)).bfloat16()
+    exact = x.double().T @ x.double()
+    stats = NeuronStats.zeros(48, x.device, gram=True)
+    with torch.autocast("cpu", dtype=torch.float16):  # the caller's autocast does not choose the product's dtype
+        stats.add(x)
+    assert torch.equal(stats.gram, (x.T @ x).double())  # computed in bf16 (the fast path of a bf16 pass)
+    assert torch.allclose(stats.gram, exact, rtol=2**-8, atol=1e-2)
+    assert torch.equal(stats.sum_sq, x.double().square().sum(0)) and stats.tokens == 512
+    large = torch.full((4096, 8), 8.0, dtype=torch.float16)  # every Gram entry 262,144 > float16's 65,504
+    stats = NeuronStats.zeros(8, large.device, gram=True)
+    stats.add(large)
+    assert torch.equal(stats.gram, torch.full((8, 8), 262144.0, dtype=torch.float64))
+
+
+def test_recorder_hands_the_pass_dtype_to_the_statistics():
+    model, _ = tiny_random("llama")
+    captured = []
+    hook = gated_mlps(model)[0].down_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = collect_activation_stats(model, token_batches(count=1), gram=True)
+    hook.remove()
+    x = captured[0].reshape(-1, captured[0].shape[-1])
+    assert x.dtype == torch.bfloat16 and torch.equal(stats[0].gram, (x.T @ x).double())
