@@ -9,10 +9,14 @@ Command (about an hour on a 2-core CPU; results are cached in bench/results/ and
     python bench/prune_scorers.py
 optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its rows are skipped.
 
-    python bench/prune_scorers.py --only activation+refit obs+refit "obs+refit (carried)" \
-        "optipfair hybrid (64x512 calib)"
+    python bench/prune_scorers.py --only activation+refit "activation+refit (default recipe)" \
+        "optipfair hybrid (64x512 calib)" "optipfair hybrid (64x512 calib, default recipe precision)"
 measures only the named methods, all in one fresh run (so their costs are comparable side by side), and writes
 them to a section of their own (`prune_scorers_only`), leaving the full table as it is.
+
+`(default recipe)` is the default job's pruning step as it runs there: `Pruner` (activation + refit, one-shot)
+with its calibration pass in the trainer's precision (bf16 autocast on a CPU with bfloat16 instructions, float32
+elsewhere); the optipfair row of the same name runs its hybrid under that precision too.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
 from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
-from prune_recover.lm import count_parameters
+from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
+from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.calibration import collect_activation_stats, collect_taylor_stats  # noqa: E402
 from prune_recover.pruning.importance import SCORERS  # noqa: E402
@@ -41,6 +46,8 @@ from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 RATIOS = (0.2, 0.4, 0.6)
 # (importance, calibration_mode) rows pruned layer by layer, each with its own calibration passes
 LAYER_BY_LAYER = (("activation", "sequential"), ("activation", "carried"), ("obs", "sequential"), ("obs", "carried"))
+# The default recipe's calibration precision on this machine (configs/trainer/cpu.yaml): bfloat16 or float32.
+RECIPE_PRECISION = eval_precision(cpu_precision())
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"
 COMMAND = "python bench/prune_scorers.py"
 
@@ -120,6 +127,15 @@ def main() -> None:
                 return measure(model, time.perf_counter() - start)
 
             record(f"{importance}+refit ({mode})@{ratio}", layer_by_layer)
+
+        def default_recipe(ratio=ratio):
+            model = copy.deepcopy(base)
+            start = time.perf_counter()
+            with forward_precision(RECIPE_PRECISION, model.device):
+                Pruner("activation", ratio=ratio).prune(model, batches)
+            return measure(model, time.perf_counter() - start)
+
+        record(f"activation+refit (default recipe)@{ratio}", default_recipe)
         for key, compute in optipfair_runs(base, batches, ratio, measure).items():
             record(key, compute)
 
@@ -136,17 +152,18 @@ def optipfair_runs(base, batches, ratio: float, measure) -> dict:
         print("optipfair not installed: skipping its rows (pip install --no-deps optipfair==0.4.2)")
         return {}
 
-    def run(dataloader):
+    def run(dataloader, precision: str = "float32"):
         model = copy.deepcopy(base)
         start = time.perf_counter()
-        prune_model(
-            model,
-            pruning_type="MLP_GLU",
-            neuron_selection_method="MAW",
-            pruning_percentage=ratio * 100,
-            dataloader=dataloader,
-            show_progress=False,
-        )
+        with forward_precision(precision, model.device):
+            prune_model(
+                model,
+                pruning_type="MLP_GLU",
+                neuron_selection_method="MAW",
+                pruning_percentage=ratio * 100,
+                dataloader=dataloader,
+                show_progress=False,
+            )
         return measure(model, time.perf_counter() - start)
 
     def static():
@@ -155,7 +172,14 @@ def optipfair_runs(base, batches, ratio: float, measure) -> dict:
     def hybrid():
         return run([{"input_ids": batch} for batch in batches])
 
-    return {f"optipfair MAW (= max + abs(min))@{ratio}": static, f"optipfair hybrid (64x512 calib)@{ratio}": hybrid}
+    def hybrid_in_recipe_precision():
+        return run([{"input_ids": batch} for batch in batches], RECIPE_PRECISION)
+
+    return {
+        f"optipfair MAW (= max + abs(min))@{ratio}": static,
+        f"optipfair hybrid (64x512 calib)@{ratio}": hybrid,
+        f"optipfair hybrid (64x512 calib, default recipe precision)@{ratio}": hybrid_in_recipe_precision,
+    }
 
 
 def markdown(results: dict) -> str:
@@ -177,7 +201,9 @@ def markdown(results: dict) -> str:
         "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all one-shot "
         "rows here; each row's cost counts it in full). `(sequential)` / `(carried)` rows calibrate layer by layer "
         "on the already-pruned prefix (`pruning.calibration_mode`), `carried` refitting every layer to the unpruned "
-        "model's output. optipfair keeps `1536 - int(ratio * 1536)` neurons (615 at 60%, we keep 614), hence "
+        "model's output. `(default recipe)` rows calibrate in the default job's precision "
+        f"({RECIPE_PRECISION} on this machine: configs/trainer/cpu.yaml). optipfair keeps "
+        "`1536 - int(ratio * 1536)` neurons (615 at 60%, we keep 614), hence "
         "slightly more parameters in its 60% row.",
         "",
         f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}**, {results['unpruned']['params']:,} parameters.",
