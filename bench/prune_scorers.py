@@ -12,7 +12,8 @@ optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its
     python bench/prune_scorers.py --only activation+refit "activation+refit (default recipe)" \
         "optipfair hybrid (64x512 calib)" "optipfair hybrid (64x512 calib, default recipe precision)"
 measures only the named methods, all in one fresh run (so their costs are comparable side by side), and writes
-them to a section of their own (`prune_scorers_only`), leaving the full table as it is.
+them to a section of their own (`prune_scorers_only`), leaving the full table as it is; `--ratios 0.4` limits
+such a run to the ratios named.
 
 `(default recipe)` is the default job's pruning step as it runs there: `Pruner` (activation + refit, one-shot)
 with its calibration pass in the trainer's precision (bf16 autocast on a CPU with bfloat16 instructions, float32
@@ -57,12 +58,15 @@ def main() -> None:
     parser.add_argument("--wikitext-dir", default="../shared/data/wikitext-2-raw")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
     parser.add_argument("--only", nargs="+", metavar="METHOD", help="measure only these rows, in one fresh run")
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="with --only: these ratios")
     args = parser.parse_args()
+    if args.only is None and args.ratios != list(RATIOS):
+        raise SystemExit(f"--ratios needs --only (the full table has the ratios {list(RATIOS)})")
     results_file = RESULTS if args.only is None else RESULTS.with_name("prune_scorers_only.json")
     fresh = args.fresh or args.only is not None or not results_file.exists()
     results = {} if fresh else json.loads(results_file.read_text())
     if args.only is not None:
-        results["only"] = args.only
+        results["only"], results["ratios"] = args.only, args.ratios
     load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
@@ -100,7 +104,7 @@ def main() -> None:
             stats_seconds["gradients"] = time.perf_counter() - start
         return stats
 
-    for ratio in RATIOS:
+    for ratio in args.ratios:
         width = WidthTarget(ratio=ratio).width(params)
         for name, scorer in SCORERS.items():
             for refit in (True,) if scorer.select else (False, True):  # a joint selector always refits
@@ -184,8 +188,10 @@ def optipfair_runs(base, batches, ratio: float, measure) -> dict:
 
 def markdown(results: dict) -> str:
     methods = sorted({key.rsplit("@", 1)[0] for key in results if "@" in key}, key=_method_order)
-    only = results.get("only")
+    only, ratios = results.get("only"), results.get("ratios", RATIOS)
     command = COMMAND if only is None else f"{COMMAND} --only " + " ".join(f'"{m}"' for m in only)
+    if list(ratios) != list(RATIOS):
+        command += " --ratios " + " ".join(map(str, ratios))
     lines = [
         "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)"
         + ("" if only is None else ": selected rows, measured side by side in one run"),
@@ -208,16 +214,16 @@ def markdown(results: dict) -> str:
         "",
         f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}**, {results['unpruned']['params']:,} parameters.",
         "",
-        "| method | " + " | ".join(f"{int(r * 100)}% pruned" for r in RATIOS) + " |",
-        "| --- | " + " | ".join("---" for _ in RATIOS) + " |",
+        "| method | " + " | ".join(f"{int(r * 100)}% pruned" for r in ratios) + " |",
+        "| --- | " + " | ".join("---" for _ in ratios) + " |",
     ]
     for method in methods:
         cells = []
-        for ratio in RATIOS:
+        for ratio in ratios:
             entry = results.get(f"{method}@{ratio}")
             cells.append(f"{entry['ppl']:.2f} ({entry['prune_seconds']:.1f} s)" if entry else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    params = {r: next((results[f"{m}@{r}"]["params"] for m in methods if f"{m}@{r}" in results), None) for r in RATIOS}
+    params = {r: next((results[f"{m}@{r}"]["params"] for m in methods if f"{m}@{r}" in results), None) for r in ratios}
     lines += ["", "Parameters after pruning: " + ", ".join(f"{int(r * 100)}%: {p:,}" for r, p in params.items() if p)]
     return "\n".join(lines)
 
