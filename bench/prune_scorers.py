@@ -12,8 +12,8 @@ optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its
     python bench/prune_scorers.py --only activation+refit "activation+refit (default recipe)" \
         "optipfair hybrid (64x512 calib)" "optipfair hybrid (64x512 calib, default recipe precision)"
 measures only the named methods, all in one fresh run (so their costs are comparable side by side), and writes
-them to a section of their own (`prune_scorers_only`), leaving the full table as it is; `--ratios 0.4` limits
-such a run to the ratios named.
+them to a section of their own (`prune_scorers_only`, or `--section NAME`), leaving the full table as it is;
+`--ratios 0.4` limits such a run to the ratios named.
 
 `(default recipe)` is the default job's pruning step as it runs there: `Pruner` (activation + refit, one-shot)
 with its calibration pass in the trainer's precision (bf16 autocast on a CPU with bfloat16 instructions, float32
@@ -51,6 +51,7 @@ LAYER_BY_LAYER = (("activation", "sequential"), ("activation", "carried"), ("obs
 RECIPE_PRECISION = eval_precision(cpu_precision())
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"
 COMMAND = "python bench/prune_scorers.py"
+ONLY_SECTION = "prune_scorers_only"
 
 
 def main() -> None:
@@ -59,14 +60,15 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
     parser.add_argument("--only", nargs="+", metavar="METHOD", help="measure only these rows, in one fresh run")
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="with --only: these ratios")
+    parser.add_argument("--section", default=ONLY_SECTION, help="with --only: the docs/BENCHMARKS.md section")
     args = parser.parse_args()
-    if args.only is None and args.ratios != list(RATIOS):
-        raise SystemExit(f"--ratios needs --only (the full table has the ratios {list(RATIOS)})")
+    if args.only is None and (args.ratios != list(RATIOS) or args.section != ONLY_SECTION):
+        raise SystemExit(f"--ratios and --section need --only (the full table has the ratios {list(RATIOS)})")
     results_file = RESULTS if args.only is None else RESULTS.with_name("prune_scorers_only.json")
     fresh = args.fresh or args.only is not None or not results_file.exists()
     results = {} if fresh else json.loads(results_file.read_text())
     if args.only is not None:
-        results["only"], results["ratios"] = args.only, args.ratios
+        results["only"], results["ratios"], results["section"] = args.only, args.ratios, args.section
     load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
@@ -144,7 +146,8 @@ def main() -> None:
             record(key, compute)
 
     results["load_before"], results["load_after"] = load_before, round(os.getloadavg()[0], 2)
-    section = "prune_scorers" if args.only is None else "prune_scorers_only"
+    results_file.write_text(json.dumps(results, indent=1))  # with the load figures the section shows
+    section = "prune_scorers" if args.only is None else args.section
     write_section(section, markdown(results))
     print(f"wrote docs/BENCHMARKS.md section '{section}' from {results_file}")
 
@@ -192,6 +195,8 @@ def markdown(results: dict) -> str:
     command = COMMAND if only is None else f"{COMMAND} --only " + " ".join(f'"{m}"' for m in only)
     if list(ratios) != list(RATIOS):
         command += " --ratios " + " ".join(map(str, ratios))
+    if results.get("section", ONLY_SECTION) != ONLY_SECTION:
+        command += f" --section {results['section']}"
     lines = [
         "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)"
         + ("" if only is None else ": selected rows, measured side by side in one run"),
