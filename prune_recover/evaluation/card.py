@@ -89,7 +89,8 @@ def _perplexity(report: dict) -> str:
         "",
         "Non-overlapping windows without carried context, exp(summed NLL / tokens); "
         + ("all windows" if windows is None else f"the first {windows} windows")
-        + f" of each text. Test text: {protocol.get('eval_data', 'the test split')}.",
+        + f" of each text, forward passes in {protocol.get('precision', 'float32')}. "
+        + f"Test text: {protocol.get('eval_data', 'the test split')}.",
     ]
     return "\n".join(lines)
 

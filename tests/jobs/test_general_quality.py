@@ -51,7 +51,7 @@ def test_a_distilled_two_domain_run_reports_every_domain_and_the_zero_shot_suite
     card = ModelCard.load(out / "final" / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert "recovery-distill" in card.data.tags and "| arc_easy | acc |" in card.text and "| code | 64 |" in card.text
-    assert "first 2 items" in card.text
+    assert "first 2 items" in card.text and f"forward passes in {report['protocol']['precision']}" in card.text
     tables = list((out / "wandb").glob("offline-run-*/files/media/table/test/tasks*.table.json"))
     assert tables and json.loads(tables[0].read_text())["columns"][:4] == ["task", "metric", "base", "final"]
 
