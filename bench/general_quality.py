@@ -61,6 +61,10 @@ PROVENANCE = (
     "The rows ran on 2026-11-30 with the code of commit 97fcb99 plus the exact-resume work then in progress, whose "
     "training loader shuffled with `DataLoader(shuffle=True)`; since 20db15c the order comes from `EpochShuffle` "
     "(seed, epoch), so a run today trains on the same blocks in another order and its figures differ slightly. "
+    "The MAW rows and activation + refit at 20% and 60% ran later that day with the code of 63eca58 (no training, "
+    "so the order does not touch them); the LoRA rows and distillation on WikiText with the code of 2285ece, whose "
+    "bf16 calibration pass makes its Gram products in bf16 (one-shot 40%: 39.36 vs 39.38 ppl, bench/prune_scorers.py). "
+    "Every row is scored in float32 (`eval.precision=float32`, the only precision before ddf537e). "
     "100 zero-shot items per task (standard error about 0.05 per task); the default recipe's own comparison at 200 "
     "items is in the default-recipe section."
 )
