@@ -141,7 +141,7 @@ class ActivationRecorder:
 
     def _hook(self, index: int):
         def record(module: nn.Module, args: tuple) -> None:
-            self.stats[index].add(args[0].detach().reshape(-1, args[0].shape[-1]))  # in the dtype it computed in
+            self.stats[index].add(_tokens_by_features(args[0]))  # in the dtype the pass computed in
 
         return record
 
@@ -150,7 +150,7 @@ class ActivationRecorder:
 def captured_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect the input of every call of `module` inside the block, as float32 `[tokens, features]`."""
     inputs: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda called, args: inputs.append(_tokens_by_features(args[0])))
+    handle = module.register_forward_pre_hook(lambda called, args: inputs.append(_tokens_by_features(args[0]).float()))
     try:
         yield inputs
     finally:
@@ -158,7 +158,7 @@ def captured_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def _tokens_by_features(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().reshape(-1, x.shape[-1]).float()
+    return x.detach().reshape(-1, x.shape[-1])
 
 
 @torch.no_grad()
