@@ -1,0 +1,151 @@
+"""What limits one-shot MLP width pruning of SmolLM2-135M at 40%: calibration size, the first position, each layer.
+
+Three measurements, each WikiText-2 test perplexity on the protocol of bench/prune_scorers.py (16 x 1024
+windows), calibration windows of 512 tokens from wiki.valid.raw (seed 0), everything (calibration and scoring)
+in the default recipe's precision (bfloat16 on a CPU with bf16 instructions, else float32):
+- calibration size: activation + refit and obs + refit on 64 windows (the issue's budget) and on 256;
+- the first position: activation selection with every window's first token left out of the statistics
+  (massive activations: most of some layers' down_proj input energy sits there), refit on all tokens;
+- each layer alone: only layer i pruned (activation + refit, 64 windows), to see where the damage is and
+  whether it adds up (the sum over layers of log(ppl_i / ppl_unpruned) against log(ppl_all / ppl_unpruned)).
+
+Command (about 20 minutes on a 2-core CPU):
+    python bench/prune_limits.py
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.markdown import machine, write_section  # noqa: E402
+from prune_recover.arch import final_norm, gated_mlps  # noqa: E402
+from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
+from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
+from prune_recover.lm import eval_mode, forward_precision  # noqa: E402
+from prune_recover.models import load_model  # noqa: E402
+from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats  # noqa: E402
+from prune_recover.pruning.importance import SCORERS  # noqa: E402
+from prune_recover.pruning.layerwise import forward_until  # noqa: E402
+from prune_recover.pruning.targets import ParamModel, WidthTarget  # noqa: E402
+from prune_recover.pruning.width import prune_layer, prune_width  # noqa: E402
+from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
+
+COMMAND = "python bench/prune_limits.py"
+PRECISION = eval_precision(cpu_precision())
+RATIO = 0.4
+DAMP = 1e-4
+
+
+def main() -> None:
+    base, tokenizer = load_model("smollm2-135m")
+    wikitext = "../shared/data/wikitext-2-raw"
+    test = CausalLMDataModule(tokenizer, wikitext_dir=wikitext).token_ids("test")
+    evaluator = Evaluator({"wikitext2": test}, seq_lens=[1024], max_windows=16, precision=PRECISION)
+    width = WidthTarget(ratio=RATIO).width(ParamModel.from_config(base.config))
+
+    def calibration(windows: int) -> list[torch.Tensor]:
+        spec = {"split": "valid", "num_samples": windows, "seq_len": 512, "batch_size": 4, "seed": 0}
+        return CausalLMDataModule(tokenizer, wikitext_dir=wikitext, calibration=spec).calibration_batches()
+
+    def pruned(stats, scorer: str = "activation", layers=None) -> float:
+        model = copy.deepcopy(base)
+        if layers is None:
+            prune_width(model, width, SCORERS[scorer], stats, DAMP)
+        else:  # only these layers: the model keeps mixed widths, fine for scoring
+            for index in layers:
+                prune_layer(gated_mlps(model)[index], width, SCORERS[scorer], stats[index], DAMP)
+        return evaluator(model)[1024]
+
+    unpruned = evaluator(base)[1024]
+    print("unpruned", unpruned, flush=True)
+    rows = []
+    stats = {}
+    for windows in (64, 256):
+        start = time.perf_counter()
+        with forward_precision(PRECISION, base.device):
+            stats[windows] = collect_activation_stats(base, calibration(windows), gram=True)
+        seconds = time.perf_counter() - start
+        for scorer in ("activation", "obs"):
+            rows.append((f"{scorer} + refit, {windows} x 512 calibration tokens", pruned(stats[windows], scorer)))
+            print(rows[-1], f"(statistics pass {seconds:.0f} s)", flush=True)
+    without_first = first_position_left_out(base, calibration(64), stats[64])
+    rows.append(("activation + refit, first position of every window left out of the selection", pruned(without_first)))
+    print(rows[-1], flush=True)
+    share = {index: 1 - float(without_first[index].sum_sq.sum() / stats[64][index].sum_sq.sum()) for index in stats[64]}
+    per_layer = []
+    for index in range(len(gated_mlps(base))):
+        per_layer.append(pruned(stats[64], layers=[index]))
+        print("layer", index, per_layer[-1], flush=True)
+    write_section("prune_limits", markdown(unpruned, rows, per_layer, share))
+
+
+@torch.no_grad()
+def first_position_left_out(model, batches, stats: dict[int, NeuronStats]) -> dict[int, NeuronStats]:
+    """Activation norms without each window's first token; the Gram matrices (the refit) stay those of all tokens."""
+    mlps = gated_mlps(model)
+    partial = {
+        index: NeuronStats.zeros(mlp.intermediate_size, mlp.down_weight().device) for index, mlp in enumerate(mlps)
+    }
+
+    def record(index):
+        def hook(module, args):
+            partial[index].add(args[0][:, 1:].reshape(-1, args[0].shape[-1]))
+
+        return hook
+
+    handles = [mlp.down_proj.register_forward_pre_hook(record(index)) for index, mlp in enumerate(mlps)]
+    try:
+        with eval_mode(model), forward_precision(PRECISION, model.device):
+            for batch in batches:
+                forward_until(model, batch, final_norm(model))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        index: NeuronStats(sum_sq=partial[index].sum_sq, tokens=partial[index].tokens, gram=stats[index].gram)
+        for index in stats
+    }
+
+
+def markdown(unpruned: float, rows: list, per_layer: list[float], share: dict[int, float]) -> str:
+    damage = [math.log(ppl / unpruned) for ppl in per_layer]
+    whole = rows[0][1]
+    lines = [
+        "## What limits one-shot width pruning at 40% (SmolLM2-135M, no recovery)",
+        "",
+        f"Command: `{COMMAND}`. Measured on {machine()}; calibration and scoring in {PRECISION} (the default "
+        "recipe's precision on this machine).",
+        "",
+        "WikiText-2 test perplexity (16 x 1024 windows, the protocol of the scorer table); calibration windows of "
+        f"512 tokens from `wiki.valid.raw` (seed 0); 40% of MLP neurons removed, refit ridge {DAMP}. "
+        f"Unpruned: **{unpruned:.2f}**.",
+        "",
+        "| setting | perplexity |",
+        "| --- | --- |",
+        *(f"| {label} | {ppl:.2f} |" for label, ppl in rows),
+        "",
+        "Only one layer pruned (activation + refit, 64 x 512 calibration tokens), and the share of that layer's "
+        "down_proj input energy (sum of squares) at the first position of the calibration windows:",
+        "",
+        "| layer | " + " | ".join(str(index) for index in range(len(per_layer))) + " |",
+        "| --- | " + " | ".join("---" for _ in per_layer) + " |",
+        "| perplexity | " + " | ".join(f"{ppl:.2f}" for ppl in per_layer) + " |",
+        "| first-position energy | " + " | ".join(f"{share[index]:.2f}" for index in range(len(per_layer))) + " |",
+        "",
+        f"Sum over layers of log(ppl_layer / ppl_unpruned): {sum(damage):.3f}; all layers pruned together: "
+        f"log({whole:.2f} / {unpruned:.2f}) = {math.log(whole / unpruned):.3f}. Reaching 34 ppl means "
+        f"log(34 / {unpruned:.2f}) = {math.log(34 / unpruned):.3f}.",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
