@@ -54,3 +54,4 @@ def refit_down_proj(
     base = base_linear(mlp.down_proj).weight
     delta = effective[:, keep] - base.detach().to(gram.device, torch.float64)[:, keep]  # LoRA share, zero without LoRA
     base.data[:, keep.to(base.device)] = (solved - delta).to(base.device, base.dtype)
+    torch.clear_autocast_cache()  # a forward pass later in the same autocast region must see the new values

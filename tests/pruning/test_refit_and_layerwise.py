@@ -6,6 +6,7 @@ from prune_recover.arch import decoder_blocks, gated_mlps
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, collect_activation_stats
 from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.pruning.pruner import Pruner
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
 from prune_recover.tiny_models import tiny_random
@@ -135,3 +136,33 @@ def test_recorder_hands_the_pass_dtype_to_the_statistics():
     hook.remove()
     x = captured[0].reshape(-1, captured[0].shape[-1])
     assert x.dtype == torch.bfloat16 and torch.equal(stats[0].gram, (x.T @ x).double())
+
+
+def test_refit_inside_an_autocast_region_takes_effect():
+    """The refit overwrites down_proj in place: a forward pass later in the same autocast region must see it."""
+    model, _ = tiny_random("llama")
+    mlp = gated_mlps(model)[0]
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    stats = collect_activation_stats(model, [ids], gram=True)
+    keep = torch.arange(0, mlp.intermediate_size, 2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+        refit_down_proj(mlp, keep, stats[0].gram)
+        inside = model(input_ids=ids).logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = model(input_ids=ids).logits
+    assert not torch.equal(before, fresh)
+    assert torch.equal(inside, fresh)
+
+
+def test_sequential_calibration_sees_the_pruned_prefix_under_autocast():
+    """Under the training precision's autocast (the pruning callback's context) sequential calibration must
+    calibrate each layer on the already-pruned layers' outputs, so it differs from layerwise calibration."""
+    batches = [torch.randint(0, 256, (2, 32)) for _ in range(3)]
+    pruned = {}
+    for mode in ("layerwise", "sequential"):
+        model, _ = tiny_random("llama")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            Pruner("activation", ratio=0.5, calibration_mode=mode).prune(model, batches)
+        pruned[mode] = gated_mlps(model)[-1].down_weight()
+    assert not torch.equal(pruned["layerwise"], pruned["sequential"])

@@ -199,3 +199,19 @@ def test_block_removal_rejects_bad_requests():
     with pytest.raises(ValueError, match="at least one must remain"):
         remove_blocks(model, [0, 1, 2, 3])
     assert unwrap(model).config.num_hidden_layers == 4
+
+
+def test_surgery_inside_an_autocast_region_takes_effect():
+    """Autocast caches its bf16 copies of the weights for the whole region, keyed by the parameter; slicing keeps
+    the parameter object, so without clearing that cache a forward pass after the surgery, still in the region (the
+    pruning callback's calibration context), computes with the unpruned weights."""
+    model, _ = tiny_random("llama")
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        unpruned = model(input_ids=ids).logits
+        slice_gated_mlp(gated_mlps(model)[0], torch.arange(0, model.config.intermediate_size, 2))
+        inside = model(input_ids=ids).logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = model(input_ids=ids).logits
+    assert not torch.equal(unpruned, fresh)
+    assert torch.equal(inside, fresh)
