@@ -4,10 +4,10 @@ Parameters are sliced in place (`param.data = ...`): the `nn.Parameter` objects 
 optimizer keeps its references, and its per-parameter state (Adam moments and the like) is sliced
 with the same indices. Autocast's cache of low-precision weight copies (kept for a whole autocast region,
 keyed by the parameter) is cleared after each change, so that a forward pass later in the same region (the
-pruning callback's calibration context) computes with the new weights. Gradients, LoRA matrices, module attributes (`in_features`,
-`intermediate_size`, `layer_idx`) and the config (`intermediate_size`, `num_hidden_layers`,
-per-layer lists such as `layer_types`) are updated too, so the result saves and reloads with
-plain `transformers` and generates with a KV cache.
+pruning callback's calibration context) computes with the new weights. Gradients, LoRA matrices, module
+attributes (`in_features`, `intermediate_size`, `layer_idx`) and the config (`intermediate_size`,
+`num_hidden_layers`, per-layer lists such as `layer_types`) are updated too, so the result saves and reloads
+with plain `transformers` and generates with a KV cache.
 """
 
 from __future__ import annotations
