@@ -3,7 +3,9 @@
 Command:
     python bench/prune_cost.py
 Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4. Each figure is one timed run
-on a fresh copy of the model (wall seconds, this machine, nothing else running).
+on a fresh copy of the model (wall seconds, this machine, nothing else running). Rows run in float32 unless
+they say otherwise; "default recipe" runs the calibration pass in the trainer's precision as the default job
+does (bf16 autocast on a CPU with bfloat16 instructions, float32 elsewhere).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
+from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
+from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 COMMAND = "python bench/prune_cost.py"
+RECIPE_PRECISION = eval_precision(cpu_precision())
 
 
 def timed(fn) -> float:
@@ -46,7 +51,7 @@ def main() -> None:
         ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False)),
         ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False)),
         ("activation, 40%, no refit", dict(importance="activation", refit=False)),
-        ("activation + refit, 40% (default)", dict(importance="activation")),
+        ("activation + refit, 40% (the default scorer), float32", dict(importance="activation")),
         ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise")),
         ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False)),
     ]
@@ -55,6 +60,17 @@ def main() -> None:
         pruner = Pruner(ratio=0.4, **settings)
         rows.append((label, timed(lambda model=model, pruner=pruner: pruner.prune(model, batches))))
         print(rows[-1], flush=True)
+
+    model = copy.deepcopy(base)
+
+    def default_recipe():
+        with forward_precision(RECIPE_PRECISION, model.device):
+            Pruner(ratio=0.4).prune(model, batches)
+
+    rows.append(
+        (f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)", timed(default_recipe))
+    )
+    print(rows[-1], flush=True)
     body = "\n".join(
         [
             "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
