@@ -5,9 +5,9 @@ are cut into non-overlapping windows of `seq_len` tokens (the tail that does not
 dropped; `max_windows` keeps only the first ones). Each window is scored on its own, without
 context from the previous one: the `seq_len - 1` next-token predictions of each window contribute
 their negative log-likelihood, computed from float32 logits and summed in float64. The forward pass
-computes in `precision` (float32, or autocast to bfloat16 as a bf16 training run computes: ~2x faster
-on a CPU with bfloat16 instructions, and 27.059 instead of 27.031 on SmolLM2-135M's first 6 windows of
-wiki.test.raw); a report names it, and figures compare only at equal precision. Perplexity is
+computes in `precision` (float32, or autocast to bfloat16 as a bf16 training run computes: faster on a CPU
+with bfloat16 instructions; SmolLM2-135M on 16 x 1024 windows of wiki.test.raw scores 22.77 in bfloat16 and
+22.75 in float32, docs/BENCHMARKS.md); a report names it, and figures compare only at equal precision. Perplexity is
 `exp(total NLL / total predicted tokens)`, taken once at the end (not an average of per-window
 perplexities). `seq_len=128` is the Shortened-LLaMA / LLM-Pruner setting; 1024 is the long-context one.
 """
