@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,10 +41,15 @@ class StepTimer(L.Callback):
         if trainer.global_step == self.warmup:
             self.start = time.perf_counter()
         elif trainer.global_step > self.warmup:
-            self.tokens += batch[0].numel()
+            self.tokens += batch["input_ids"].numel()
 
     def tokens_per_s(self) -> float:
         return self.tokens / (time.perf_counter() - self.start)
+
+
+def batches(blocks: torch.Tensor, batch_size: int) -> DataLoader:
+    """The blocks as the datamodule serves them (`{"input_ids": [batch, seq_len]}`), for both loops."""
+    return DataLoader([{"input_ids": block} for block in blocks], batch_size=batch_size)
 
 
 def lightning_run(model, blocks, args) -> float:
@@ -63,7 +68,7 @@ def lightning_run(model, blocks, args) -> float:
         callbacks=[timer],
         limit_val_batches=0,
     )
-    trainer.fit(module, DataLoader(TensorDataset(blocks), batch_size=args.batch_size))
+    trainer.fit(module, batches(blocks, args.batch_size))
     return timer.tokens_per_s()
 
 
@@ -73,10 +78,10 @@ def plain_run(model, blocks, args) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
     start, tokens = None, 0
-    for step, (batch,) in enumerate(DataLoader(TensorDataset(blocks), batch_size=args.batch_size)):
+    for step, batch in enumerate(batches(blocks, args.batch_size)):
         if step == args.steps:
             break
-        batch = batch.to(device)
+        batch = batch["input_ids"].to(device)
         with autocast:
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss
         loss.backward()
