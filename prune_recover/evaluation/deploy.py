@@ -10,7 +10,8 @@ prefill. Memory is reported twice: the bytes of the weights, and the peak while 
 inference ran (CUDA: max allocated; CPU on Linux: the process's peak resident set, reset once the
 model is loaded so that the transient copies of loading do not count; it includes the Python and
 torch runtime). `compare` measures each model in its own subprocess so that these figures belong to
-that model alone, and relates the speed-ups to the reduction in matmul FLOPs per token.
+that model alone, alternating the two `--rounds` times (the machine's speed drifts; each speed-up is the median
+of ratios taken within a round), and relates the speed-ups to the reduction in matmul FLOPs per token.
 """
 
 from __future__ import annotations
@@ -137,28 +138,53 @@ def measure(
     return result
 
 
-def compare(base: str, pruned: str, extra: list[str]) -> dict:
-    """Measure two models, each in a fresh subprocess, and relate speed-ups to FLOP reductions."""
-    results = {}
-    for name, model in (("base", base), ("pruned", pruned)):
-        out = subprocess.run(
-            [sys.executable, "-m", "prune_recover.deploy", "measure", model, *extra],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-    ratios = {}
+def compare(base: str, pruned: str, extra: list[str], rounds: int = 3) -> dict:
+    """Measure two models, each in a fresh subprocess, alternating (base, pruned, base, ...) `rounds` times, and
+    relate the speed-ups to the FLOP reductions (`relate`)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    runs = {"base": [], "pruned": []}
+    for _ in range(rounds):
+        for name, model in (("base", base), ("pruned", pruned)):
+            out = subprocess.run(
+                [sys.executable, "-m", "prune_recover.deploy", "measure", model, *extra],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    return relate(runs["base"], runs["pruned"])
+
+
+def relate(base_runs: list[dict], pruned_runs: list[dict]) -> dict:
+    """Each model's figures as medians over its runs, and each speed-up as the median over rounds of the ratio
+    measured within one round (runs paired in order): the machine's speed drifts between rounds, a ratio taken
+    side by side does not."""
+    pairs = list(zip(base_runs, pruned_runs, strict=True))
+
+    def speedup(figure) -> float:
+        return statistics.median(figure(pruned) / figure(base) for base, pruned in pairs)
+
+    results = {"base": _median_run(base_runs), "pruned": _median_run(pruned_runs), "rounds": len(pairs), "ratios": {}}
     for length, base_prompt in results["base"]["prompts"].items():
-        pruned_prompt = results["pruned"]["prompts"][length]
-        ratios[length] = {
-            "decode_speedup": pruned_prompt["decode_tokens_per_s"] / base_prompt["decode_tokens_per_s"],
-            "ttft_speedup": base_prompt["ttft_ms"] / pruned_prompt["ttft_ms"],
-            "flop_reduction": base_prompt["flops_per_token"] / pruned_prompt["flops_per_token"],
+        results["ratios"][length] = {
+            "decode_speedup": speedup(lambda run, n=length: run["prompts"][n]["decode_tokens_per_s"]),
+            "ttft_speedup": speedup(lambda run, n=length: 1 / run["prompts"][n]["ttft_ms"]),
+            "flop_reduction": base_prompt["flops_per_token"] / results["pruned"]["prompts"][length]["flops_per_token"],
         }
-    results["ratios"] = ratios
-    results["batch_speedup"] = results["pruned"]["batch"]["tokens_per_s"] / results["base"]["batch"]["tokens_per_s"]
+    results["batch_speedup"] = speedup(lambda run: run["batch"]["tokens_per_s"])
     return results
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The first run's record with every timing and the peak memory replaced by their medians over `runs`."""
+    merged = json.loads(json.dumps(runs[0]))
+    for length, prompt in merged["prompts"].items():
+        for key in ("ttft_ms", "decode_tokens_per_s"):
+            prompt[key] = statistics.median(run["prompts"][length][key] for run in runs)
+    merged["batch"]["tokens_per_s"] = statistics.median(run["batch"]["tokens_per_s"] for run in runs)
+    merged["peak_memory_mb"] = statistics.median(run["peak_memory_mb"] for run in runs)
+    return merged
 
 
 def markdown(results: dict) -> str:
@@ -178,6 +204,8 @@ def markdown(results: dict) -> str:
     b, p = results["base"], results["pruned"]
     lines += [
         "",
+        f"Figures: medians over {results['rounds']} rounds, base and pruned alternating, each in a fresh process; "
+        "speed-ups: the median over rounds of the ratio measured within a round.",
         f"Batch throughput (batch {b['batch']['batch_size']}, prompt {b['batch']['prompt_length']}, "
         f"{b['new_tokens']} new tokens): base {b['batch']['tokens_per_s']:.1f} tok/s, pruned "
         f"{p['batch']['tokens_per_s']:.1f} tok/s ({results['batch_speedup']:.2f}x).",
@@ -202,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--batch-size", type=int, default=8)
         command.add_argument("--repeats", type=int, default=3)
         command.add_argument("--json", type=Path, default=None, help="also write the result here")
+        if name == "compare":
+            command.add_argument("--rounds", type=int, default=3, help="alternating base/pruned measurements")
     args = parser.parse_args(argv)
     if args.command == "measure":
         from prune_recover.models import load_model
@@ -226,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             "--prompt-lengths",
             *map(str, args.prompt_lengths),
         ]
-        result = compare(*args.models, extra)
+        result = compare(*args.models, extra, args.rounds)
         print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -31,8 +31,29 @@ def test_measure_and_compare_base_with_pruned(tmp_path):
     )
     save_pretrained_atomic(model, tokenizer, tmp_path / "pruned")
     flags = ["--prompt-lengths", "16", "--new-tokens", "4", "--batch-size", "2", "--repeats", "1", "--device", "cpu"]
-    compared = deploy.compare(str(tmp_path / "base"), str(tmp_path / "pruned"), flags)
+    compared = deploy.compare(str(tmp_path / "base"), str(tmp_path / "pruned"), flags, rounds=2)
+    assert compared["rounds"] == 2
     assert compared["ratios"]["16"]["flop_reduction"] > 1.3
     assert compared["pruned"]["params"] < compared["base"]["params"]
     assert compared["pruned"]["weights_mb"] < compared["base"]["weights_mb"]
     assert "| 16 |" in deploy.markdown(compared) and compared["base"]["peak_memory_mb"] > 0
+
+
+def _run(decode: float, ttft: float, batch: float, memory: float) -> dict:
+    prompt = {"ttft_ms": ttft, "decode_tokens_per_s": decode, "flops_per_token": 100.0}
+    return {"prompts": {"16": prompt}, "batch": {"tokens_per_s": batch}, "peak_memory_mb": memory}
+
+
+def test_speedups_are_medians_of_ratios_taken_within_a_round():
+    """The machine drifts between rounds: each speed-up pairs the runs of one round, figures are per-model medians."""
+    base = [_run(10, 100, 50, 1000), _run(40, 25, 200, 1010), _run(20, 50, 100, 1020)]
+    pruned = [_run(13, 80, 55, 900), _run(42, 24, 200, 910), _run(21, 40, 110, 920)]
+    related = deploy.relate(base, pruned)
+    assert related["rounds"] == 3
+    assert related["ratios"]["16"]["decode_speedup"] == pytest.approx(1.05)  # ratios 1.3, 1.05, 1.05
+    assert related["ratios"]["16"]["ttft_speedup"] == pytest.approx(1.25)  # 1.25, 25 / 24, 1.25
+    assert related["batch_speedup"] == pytest.approx(1.1)  # 1.1, 1.0, 1.1
+    assert related["base"]["prompts"]["16"]["decode_tokens_per_s"] == 20
+    assert related["pruned"]["peak_memory_mb"] == 910
+    with pytest.raises(ValueError):
+        deploy.relate(base, pruned[:2])
