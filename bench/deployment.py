@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover.evaluation import deploy  # noqa: E402
+from prune_recover.evaluation import deploy_compare  # noqa: E402
 from prune_recover.models import load_model, resolve_source, save_pretrained_atomic  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
@@ -39,8 +39,8 @@ def main() -> None:
         Pruner(importance="activation", ratio=0.4).prune(model, data.calibration_batches())
         save_pretrained_atomic(model, tokenizer, Path(tmp) / "pruned")
         flags = ["--device", args.device, "--dtype", args.dtype, "--repeats", "3"]
-        results = deploy.compare(resolve_source("smollm2-135m"), str(Path(tmp) / "pruned"), flags, rounds=3)
-    table = deploy.markdown(results)
+        results = deploy_compare.compare(resolve_source("smollm2-135m"), str(Path(tmp) / "pruned"), flags, rounds=3)
+    table = deploy_compare.markdown(results)
     command = "python bench/deployment.py" + (
         "" if args.device == "cpu" else f" --device {args.device} --dtype {args.dtype}"
     )

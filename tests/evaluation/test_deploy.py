@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prune_recover.evaluation import deploy
+from prune_recover.evaluation import deploy, deploy_compare
 from prune_recover.models import save_pretrained_atomic
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.tiny_models import tiny_random
@@ -31,12 +31,12 @@ def test_measure_and_compare_base_with_pruned(tmp_path):
     )
     save_pretrained_atomic(model, tokenizer, tmp_path / "pruned")
     flags = ["--prompt-lengths", "16", "--new-tokens", "4", "--batch-size", "2", "--repeats", "1", "--device", "cpu"]
-    compared = deploy.compare(str(tmp_path / "base"), str(tmp_path / "pruned"), flags, rounds=2)
+    compared = deploy_compare.compare(str(tmp_path / "base"), str(tmp_path / "pruned"), flags, rounds=2)
     assert compared["rounds"] == 2
     assert compared["ratios"]["16"]["flop_reduction"] > 1.3
     assert compared["pruned"]["params"] < compared["base"]["params"]
     assert compared["pruned"]["weights_mb"] < compared["base"]["weights_mb"]
-    assert "| 16 |" in deploy.markdown(compared) and compared["base"]["peak_memory_mb"] > 0
+    assert "| 16 |" in deploy_compare.markdown(compared) and compared["base"]["peak_memory_mb"] > 0
 
 
 def _run(decode: float, ttft: float, batch: float, memory: float) -> dict:
@@ -48,7 +48,7 @@ def test_speedups_are_medians_of_ratios_taken_within_a_round():
     """The machine drifts between rounds: each speed-up pairs the runs of one round, figures are per-model medians."""
     base = [_run(10, 100, 50, 1000), _run(40, 25, 200, 1010), _run(20, 50, 100, 1020)]
     pruned = [_run(13, 80, 55, 900), _run(42, 24, 200, 910), _run(21, 40, 110, 920)]
-    related = deploy.relate(base, pruned)
+    related = deploy_compare.relate(base, pruned)
     assert related["rounds"] == 3
     assert related["ratios"]["16"]["decode_speedup"] == pytest.approx(1.05)  # ratios 1.3, 1.05, 1.05
     assert related["ratios"]["16"]["ttft_speedup"] == pytest.approx(1.25)  # 1.25, 25 / 24, 1.25
@@ -56,4 +56,4 @@ def test_speedups_are_medians_of_ratios_taken_within_a_round():
     assert related["base"]["prompts"]["16"]["decode_tokens_per_s"] == 20
     assert related["pruned"]["peak_memory_mb"] == 910
     with pytest.raises(ValueError):
-        deploy.relate(base, pruned[:2])
+        deploy_compare.relate(base, pruned[:2])
