@@ -47,30 +47,26 @@ def main() -> None:
             base(input_ids=batch, use_cache=False)
 
     rows = [("one forward pass over the calibration set (reference)", timed(forward_pass))]
+    # (label, Pruner settings, precision of the calibration pass)
     cases = [
-        ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False)),
-        ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False)),
-        ("activation, 40%, no refit", dict(importance="activation", refit=False)),
-        ("activation + refit, 40% (the default scorer), float32", dict(importance="activation")),
-        ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise")),
-        ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False)),
+        ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False), "float32"),
+        ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False), "float32"),
+        ("activation, 40%, no refit", dict(importance="activation", refit=False), "float32"),
+        ("activation + refit, 40% (the default scorer), float32", dict(importance="activation"), "float32"),
+        ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise"), "float32"),
+        ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False), "float32"),
+        (f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)", {}, RECIPE_PRECISION),
     ]
-    for label, settings in cases:
+    for label, settings, precision in cases:
         model = copy.deepcopy(base)
         pruner = Pruner(ratio=0.4, **settings)
-        rows.append((label, timed(lambda model=model, pruner=pruner: pruner.prune(model, batches))))
+
+        def prune(model=model, pruner=pruner, precision=precision):
+            with forward_precision(precision, model.device):
+                pruner.prune(model, batches)
+
+        rows.append((label, timed(prune)))
         print(rows[-1], flush=True)
-
-    model = copy.deepcopy(base)
-
-    def default_recipe():
-        with forward_precision(RECIPE_PRECISION, model.device):
-            Pruner(ratio=0.4).prune(model, batches)
-
-    rows.append(
-        (f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)", timed(default_recipe))
-    )
-    print(rows[-1], flush=True)
     body = "\n".join(
         [
             "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
