@@ -7,6 +7,7 @@ within one round, and is set beside the reduction in matmul FLOPs per token (`de
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import subprocess
@@ -53,7 +54,7 @@ def relate(base_runs: list[dict], pruned_runs: list[dict]) -> dict:
 
 def _median_run(runs: list[dict]) -> dict:
     """The first run's record with every timing and the peak memory replaced by their medians over `runs`."""
-    merged = json.loads(json.dumps(runs[0]))
+    merged = copy.deepcopy(runs[0])
     for length, prompt in merged["prompts"].items():
         for key in ("ttft_ms", "decode_tokens_per_s"):
             prompt[key] = statistics.median(run["prompts"][length][key] for run in runs)
