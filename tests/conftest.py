@@ -43,6 +43,17 @@ def token_batches(count: int = 3, batch: int = 2, seq_len: int = 32, seed: int =
     return [torch.randint(3, 259, (batch, seq_len), generator=generator) for _ in range(count)]
 
 
+def logits_around_a_change_in_one_autocast_region(model, ids: torch.Tensor, change) -> tuple:
+    """bf16-autocast logits of `ids` before `change()` and after it in the same autocast region, then in a fresh one."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+        change()
+        inside = model(input_ids=ids).logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = model(input_ids=ids).logits
+    return before, inside, fresh
+
+
 def tiny_data(wikitext_dir, **kwargs):
     """WikiText-2 valid as training data for a tiny model: 64-token blocks, a few calibration windows."""
     from prune_recover.training.datamodule import CausalLMDataModule

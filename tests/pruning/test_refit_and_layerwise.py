@@ -10,7 +10,7 @@ from prune_recover.pruning.pruner import Pruner
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
 from prune_recover.tiny_models import tiny_random
-from tests.conftest import token_batches
+from tests.conftest import logits_around_a_change_in_one_autocast_region, token_batches
 
 
 def down_inputs(model, layer, batches):
@@ -145,12 +145,9 @@ def test_refit_inside_an_autocast_region_takes_effect():
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     stats = collect_activation_stats(model, [ids], gram=True)
     keep = torch.arange(0, mlp.intermediate_size, 2)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        before = model(input_ids=ids).logits
-        refit_down_proj(mlp, keep, stats[0].gram)
-        inside = model(input_ids=ids).logits
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fresh = model(input_ids=ids).logits
+    before, inside, fresh = logits_around_a_change_in_one_autocast_region(
+        model, ids, lambda: refit_down_proj(mlp, keep, stats[0].gram)
+    )
     assert not torch.equal(before, fresh)
     assert torch.equal(inside, fresh)
 

@@ -10,6 +10,7 @@ from prune_recover.pruning.depth import _identity_output
 from prune_recover.pruning.surgery import prune_mlp_neurons, remove_blocks, slice_gated_mlp
 from prune_recover.pruning.targets import ParamModel
 from prune_recover.tiny_models import tiny_random
+from tests.conftest import logits_around_a_change_in_one_autocast_region
 
 TOKENS = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(1))
 
@@ -207,11 +208,9 @@ def test_surgery_inside_an_autocast_region_takes_effect():
     pruning callback's calibration context), computes with the unpruned weights."""
     model, _ = tiny_random("llama")
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        unpruned = model(input_ids=ids).logits
-        slice_gated_mlp(gated_mlps(model)[0], torch.arange(0, model.config.intermediate_size, 2))
-        inside = model(input_ids=ids).logits
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fresh = model(input_ids=ids).logits
+    keep = torch.arange(0, model.config.intermediate_size, 2)
+    unpruned, inside, fresh = logits_around_a_change_in_one_autocast_region(
+        model, ids, lambda: slice_gated_mlp(gated_mlps(model)[0], keep)
+    )
     assert not torch.equal(unpruned, fresh)
     assert torch.equal(inside, fresh)
