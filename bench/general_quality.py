@@ -36,6 +36,7 @@ WIKI = ["recipe=smollm2_demo", "data=wikitext2"]
 MIX = ["recipe=smollm2_demo", "data=wikitext2_code", "data.mixture.wikitext.weight=0.5", "data.mixture.code.weight=0.5"]
 NO_TRAINING = ["recovery=none"]
 MAW = ["pruning.importance=maw", "pruning.refit=false"]
+OBS = ["pruning.importance=obs"]  # issue 12's joint selector (it always refits)
 
 # name -> (what the row is, overrides of `python train.py`)
 ROWS = {
@@ -45,6 +46,9 @@ ROWS = {
     "act-20": ("activation + refit, 20%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.ratio=0.2"]),
     "act-40": ("activation + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING]),
     "act-60": ("activation + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.ratio=0.6"]),
+    "obs-20": ("obs + refit, 20%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.2"]),
+    "obs-40": ("obs + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS]),
+    "obs-60": ("obs + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.6"]),
     "act-40-mix": ("activation + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING]),
     "full-wiki": ("40% + full CPT, WikiText", [*WIKI, "recovery=full"]),
     "lora-wiki": ("40% + LoRA, WikiText", [*WIKI, "recovery=lora"]),
