@@ -1,8 +1,9 @@
 """Every importance scorer at 20/40/60% MLP pruning on SmolLM2-135M, next to optipfair 0.4.2.
 
 Protocol: WikiText-2 test read as one string, tokenized once, first 16 non-overlapping windows of
-1024 tokens (prune_recover/evaluation/perplexity.py). Calibration: 64 windows x 512 tokens drawn (seed 0) from
-the valid split, the same batches for every data-driven method and for optipfair's hybrid.
+1024 tokens (prune_recover/evaluation/perplexity.py), and the same on held-out Python code (bench/domains.py).
+Calibration: 64 windows x 512 tokens drawn (seed 0) from the valid split, the same batches for every
+data-driven method and for optipfair's hybrid.
 One-shot statistics are gathered once on the unpruned model and reused across ratios.
 
 Command (about an hour on a 2-core CPU; results are cached in bench/results/ and a rerun resumes):
@@ -32,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.domains import evaluation_domains  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
 from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
@@ -72,7 +74,8 @@ def main() -> None:
     load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
-        if key in results or (args.only is not None and key != "unpruned" and key.rsplit("@", 1)[0] not in args.only):
+        unasked = args.only is not None and key != "unpruned" and key.rsplit("@", 1)[0] not in args.only
+        if "code_ppl" in results.get(key, {}) or unasked:  # an entry cached before the code column is measured again
             return
         results[key] = compute()
         print(key, results[key], flush=True)
@@ -82,12 +85,18 @@ def main() -> None:
     base, tokenizer = load_model("smollm2-135m")
     calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": 0}
     data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration=calibration)
-    evaluator = Evaluator({"wikitext2": data.token_ids("test")}, seq_lens=[1024], max_windows=16)
+    evaluator = Evaluator(evaluation_domains(tokenizer, args.wikitext_dir), seq_lens=[1024], max_windows=16)
     batches = data.calibration_batches()
     params = ParamModel.from_config(base.config)
 
     def measure(model, seconds: float) -> dict:
-        return {"ppl": evaluator(model)[1024], "params": count_parameters(model), "prune_seconds": round(seconds, 2)}
+        ppl = {domain: by_length[1024] for domain, by_length in evaluator.perplexities(model).items()}
+        return {
+            "ppl": ppl["wikitext2"],
+            "code_ppl": ppl["code"],
+            "params": count_parameters(model),
+            "prune_seconds": round(seconds, 2),
+        }
 
     record("unpruned", lambda: measure(base, 0.0))
     stats, stats_seconds = None, {}
@@ -205,10 +214,11 @@ def markdown(results: dict) -> str:
         f"Measured on {machine()}; load average (1 min) {results.get('load_before', 'n/a')} before the run, "
         f"{results.get('load_after', 'n/a')} after it.",
         "",
-        "WikiText-2 **test** perplexity, seq_len 1024, `wiki.test.raw` read as one string and tokenized once, "
+        "WikiText-2 **test** perplexity / perplexity on held-out Python code (configs/eval/wikitext2_code.yaml, "
+        "the general-quality table's code column), seq_len 1024, each text read as one string and tokenized once, "
         "first 16 non-overlapping windows. Calibration for every data-driven row (ours and optipfair's hybrid): "
         "64 windows x 512 tokens from `wiki.valid.raw` (seed 0). `+refit` = least-squares refit of the kept "
-        "`down_proj` columns on the same calibration activations (ridge 1e-4). Columns give perplexity and, "
+        "`down_proj` columns on the same calibration activations (ridge 1e-4). Columns give the two perplexities and, "
         "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all one-shot "
         "rows here; each row's cost counts it in full). `(sequential)` / `(carried)` rows calibrate layer by layer "
         "on the already-pruned prefix (`pruning.calibration_mode`), `carried` refitting every layer to the unpruned "
@@ -217,7 +227,8 @@ def markdown(results: dict) -> str:
         "`1536 - int(ratio * 1536)` neurons (615 at 60%, we keep 614), hence "
         "slightly more parameters in its 60% row.",
         "",
-        f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}**, {results['unpruned']['params']:,} parameters.",
+        f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}** / code **{results['unpruned']['code_ppl']:.2f}**, "
+        f"{results['unpruned']['params']:,} parameters.",
         "",
         "| method | " + " | ".join(f"{int(r * 100)}% pruned" for r in ratios) + " |",
         "| --- | " + " | ".join("---" for _ in ratios) + " |",
@@ -226,7 +237,10 @@ def markdown(results: dict) -> str:
         cells = []
         for ratio in ratios:
             entry = results.get(f"{method}@{ratio}")
-            cells.append(f"{entry['ppl']:.2f} ({entry['prune_seconds']:.1f} s)" if entry else "n/a")
+            if entry is None:
+                cells.append("n/a")
+                continue
+            cells.append(f"{entry['ppl']:.2f} / {entry['code_ppl']:.2f} ({entry['prune_seconds']:.1f} s)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     params = {r: next((results[f"{m}@{r}"]["params"] for m in methods if f"{m}@{r}" in results), None) for r in ratios}
     lines += ["", "Parameters after pruning: " + ", ".join(f"{int(r * 100)}%: {p:,}" for r, p in params.items() if p)]
