@@ -1,11 +1,13 @@
 """What limits one-shot MLP width pruning of SmolLM2-135M at 40%: calibration size, the first position, each layer.
 
 Three measurements, each WikiText-2 test perplexity on the protocol of bench/prune_scorers.py (16 x 1024
-windows), calibration windows of 512 tokens from wiki.valid.raw (seed 0), everything (calibration and scoring)
-in the default recipe's precision (bfloat16 on a CPU with bf16 instructions, else float32):
+windows; the whole-model rows also on its held-out code), calibration windows of 512 tokens from wiki.valid.raw
+(seed 0), everything (calibration and scoring) in the default recipe's precision (bfloat16 on a CPU with bf16
+instructions, else float32):
 - calibration size: activation + refit and obs + refit on 64 windows (the issue's budget) and on 256;
 - the first position: activation selection with every window's first token left out of the statistics
-  (massive activations: most of some layers' down_proj input energy sits there), refit on all tokens;
+  (massive activations: most of some layers' down_proj input energy sits there), refit on all tokens; the
+  first position's energy is gathered in the same pass as the 64-window statistics;
 - each layer alone: only layer i pruned (activation + refit, 64 windows), to see where the damage is and
   whether it adds up (the sum over layers of log(ppl_i / ppl_unpruned) against log(ppl_all / ppl_unpruned)).
 
@@ -19,21 +21,22 @@ import copy
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.domains import evaluation_domains  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover.arch import final_norm, gated_mlps  # noqa: E402
+from prune_recover.arch import gated_mlps  # noqa: E402
 from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
-from prune_recover.lm import eval_mode, forward_precision  # noqa: E402
+from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats  # noqa: E402
 from prune_recover.pruning.importance import SCORERS  # noqa: E402
-from prune_recover.pruning.layerwise import forward_until  # noqa: E402
 from prune_recover.pruning.targets import ParamModel, WidthTarget  # noqa: E402
 from prune_recover.pruning.width import prune_layer, prune_width  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
@@ -47,75 +50,83 @@ DAMP = 1e-4
 def main() -> None:
     base, tokenizer = load_model("smollm2-135m")
     wikitext = "../shared/data/wikitext-2-raw"
-    test = CausalLMDataModule(tokenizer, wikitext_dir=wikitext).token_ids("test")
-    evaluator = Evaluator({"wikitext2": test}, seq_lens=[1024], max_windows=16, precision=PRECISION)
+    domains = evaluation_domains(tokenizer, wikitext)
+    evaluator = Evaluator(domains, seq_lens=[1024], max_windows=16, precision=PRECISION)
     width = WidthTarget(ratio=RATIO).width(ParamModel.from_config(base.config))
 
     def calibration(windows: int) -> list[torch.Tensor]:
         spec = {"split": "valid", "num_samples": windows, "seq_len": 512, "batch_size": 4, "seed": 0}
         return CausalLMDataModule(tokenizer, wikitext_dir=wikitext, calibration=spec).calibration_batches()
 
-    def pruned(stats, scorer: str = "activation", layers=None) -> float:
+    def both_domains(model) -> tuple[float, float]:
+        ppl = evaluator.perplexities(model)
+        return ppl["wikitext2"][1024], ppl["code"][1024]
+
+    def pruned(stats, scorer: str = "activation", layers=None):
         model = copy.deepcopy(base)
         if layers is None:
             prune_width(model, width, SCORERS[scorer], stats, DAMP)
         else:  # only these layers: the model keeps mixed widths, fine for scoring
             for index in layers:
                 prune_layer(gated_mlps(model)[index], width, SCORERS[scorer], stats[index], DAMP)
-        return evaluator(model)[1024]
+        return model
 
-    unpruned = evaluator(base)[1024]
+    unpruned = both_domains(base)
     print("unpruned", unpruned, flush=True)
     rows = []
-    stats = {}
+    stats, first = {}, {}
     for windows in (64, 256):
         start = time.perf_counter()
-        with forward_precision(PRECISION, base.device):
+        with forward_precision(PRECISION, base.device), first_position_energy(base) as first[windows]:
             stats[windows] = collect_activation_stats(base, calibration(windows), gram=True)
         seconds = time.perf_counter() - start
         for scorer in ("activation", "obs"):
-            rows.append((f"{scorer} + refit, {windows} x 512 calibration tokens", pruned(stats[windows], scorer)))
+            label = f"{scorer} + refit, {windows} x 512 calibration tokens"
+            rows.append((label, *both_domains(pruned(stats[windows], scorer))))
             print(rows[-1], f"(statistics pass {seconds:.0f} s)", flush=True)
-    without_first = first_position_left_out(base, calibration(64), stats[64])
-    rows.append(("activation + refit, first position of every window left out of the selection", pruned(without_first)))
+    without_first = first_position_left_out(stats[64], first[64], windows=64)
+    label = "activation + refit, first position of every window left out of the selection"
+    rows.append((label, *both_domains(pruned(without_first))))
     print(rows[-1], flush=True)
-    share = {index: 1 - float(without_first[index].sum_sq.sum() / stats[64][index].sum_sq.sum()) for index in stats[64]}
+    share = {index: float(first[64][index].sum() / stats[64][index].sum_sq.sum()) for index in stats[64]}
     per_layer = []
     for index in range(len(gated_mlps(base))):
-        per_layer.append(pruned(stats[64], layers=[index]))
+        per_layer.append(evaluator(pruned(stats[64], layers=[index]))[1024])
         print("layer", index, per_layer[-1], flush=True)
     write_section("prune_limits", markdown(unpruned, rows, per_layer, share))
 
 
-@torch.no_grad()
-def first_position_left_out(model, batches, stats: dict[int, NeuronStats]) -> dict[int, NeuronStats]:
-    """Activation norms without each window's first token; the Gram matrices (the refit) stay those of all tokens."""
+@contextmanager
+def first_position_energy(model):
+    """`{layer: [intermediate] float64}`: the sum over windows of each neuron's squared down_proj input at the
+    window's first position, from every forward pass run inside the block (alongside the statistics pass)."""
     mlps = gated_mlps(model)
-    partial = {
-        index: NeuronStats.zeros(mlp.intermediate_size, mlp.down_weight().device) for index, mlp in enumerate(mlps)
-    }
+    energy = {index: torch.zeros(mlp.intermediate_size, dtype=torch.float64) for index, mlp in enumerate(mlps)}
 
     def record(index):
         def hook(module, args):
-            partial[index].add(args[0][:, 1:].reshape(-1, args[0].shape[-1]))
+            energy[index] += args[0][:, 0].float().square().sum(0, dtype=torch.float64)
 
         return hook
 
     handles = [mlp.down_proj.register_forward_pre_hook(record(index)) for index, mlp in enumerate(mlps)]
     try:
-        with eval_mode(model), forward_precision(PRECISION, model.device):
-            for batch in batches:
-                forward_until(model, batch, final_norm(model))
+        yield energy
     finally:
         for handle in handles:
             handle.remove()
+
+
+def first_position_left_out(stats: dict[int, NeuronStats], first: dict, windows: int) -> dict[int, NeuronStats]:
+    """Activation norms without each window's first token; the Gram matrices (the refit) stay those of all tokens."""
     return {
-        index: NeuronStats(sum_sq=partial[index].sum_sq, tokens=partial[index].tokens, gram=stats[index].gram)
-        for index in stats
+        index: NeuronStats(sum_sq=layer.sum_sq - first[index], tokens=layer.tokens - windows, gram=layer.gram)
+        for index, layer in stats.items()
     }
 
 
-def markdown(unpruned: float, rows: list, per_layer: list[float], share: dict[int, float]) -> str:
+def markdown(unpruned_both: tuple, rows: list, per_layer: list[float], share: dict[int, float]) -> str:
+    unpruned, unpruned_code = unpruned_both
     damage = [math.log(ppl / unpruned) for ppl in per_layer]
     whole = rows[0][1]
     lines = [
@@ -124,13 +135,13 @@ def markdown(unpruned: float, rows: list, per_layer: list[float], share: dict[in
         f"Command: `{COMMAND}`. Measured on {machine()}; calibration and scoring in {PRECISION} (the default "
         "recipe's precision on this machine).",
         "",
-        "WikiText-2 test perplexity (16 x 1024 windows, the protocol of the scorer table); calibration windows of "
-        f"512 tokens from `wiki.valid.raw` (seed 0); 40% of MLP neurons removed, refit ridge {DAMP}. "
-        f"Unpruned: **{unpruned:.2f}**.",
+        "WikiText-2 test perplexity and perplexity on held-out Python code (16 x 1024 windows each, the protocol "
+        "of the scorer table); calibration windows of 512 tokens from `wiki.valid.raw` (seed 0); 40% of MLP "
+        f"neurons removed, refit ridge {DAMP}. Unpruned: **{unpruned:.2f}** (code **{unpruned_code:.2f}**).",
         "",
-        "| setting | perplexity |",
-        "| --- | --- |",
-        *(f"| {label} | {ppl:.2f} |" for label, ppl in rows),
+        "| setting | WikiText-2 perplexity | code perplexity |",
+        "| --- | --- | --- |",
+        *(f"| {label} | {ppl:.2f} | {code:.2f} |" for label, ppl, code in rows),
         "",
         "Only one layer pruned (activation + refit, 64 x 512 calibration tokens), and the share of that layer's "
         "down_proj input energy (sum of squares) at the first position of the calibration windows:",
