@@ -4,14 +4,15 @@ Three measurements, each WikiText-2 test perplexity on the protocol of bench/pru
 windows; the whole-model rows also on its held-out code), calibration windows of 512 tokens from wiki.valid.raw
 (seed 0), everything (calibration and scoring) in the default recipe's precision (bfloat16 on a CPU with bf16
 instructions, else float32):
-- calibration size: activation + refit and obs + refit on 64 windows (the issue's budget) and on 256;
+- calibration size and draw: activation + refit and obs + refit on 64 windows (the issue's budget) and on 256,
+  and on two other random draws of 64 windows (seeds 1 and 2), to see how far one draw moves the figures;
 - the first position: activation selection with every window's first token left out of the statistics
   (massive activations: most of some layers' down_proj input energy sits there), refit on all tokens; the
   first position's energy is gathered in the same pass as the 64-window statistics;
 - each layer alone: only layer i pruned (activation + refit, 64 windows), to see where the damage is and
   whether it adds up (the sum over layers of log(ppl_i / ppl_unpruned) against log(ppl_all / ppl_unpruned)).
 
-Command (about 20 minutes on a 2-core CPU):
+Command (about 30 minutes on a 2-core CPU):
     python bench/prune_limits.py
 """
 
@@ -45,6 +46,9 @@ COMMAND = "python bench/prune_limits.py"
 PRECISION = eval_precision(cpu_precision())
 RATIO = 0.4
 DAMP = 1e-4
+# Calibration draws (windows of 512 tokens, seed): the issue's budget first (the per-layer rows use it), then 4x
+# the tokens, then two other draws of the issue's budget.
+DRAWS = ((64, 0), (256, 0), (64, 1), (64, 2))
 
 
 def main() -> None:
@@ -54,8 +58,8 @@ def main() -> None:
     evaluator = Evaluator(domains, seq_lens=[1024], max_windows=16, precision=PRECISION)
     width = WidthTarget(ratio=RATIO).width(ParamModel.from_config(base.config))
 
-    def calibration(windows: int) -> list[torch.Tensor]:
-        spec = {"split": "valid", "num_samples": windows, "seq_len": 512, "batch_size": 4, "seed": 0}
+    def calibration(windows: int, seed: int) -> list[torch.Tensor]:
+        spec = {"split": "valid", "num_samples": windows, "seq_len": 512, "batch_size": 4, "seed": seed}
         return CausalLMDataModule(tokenizer, wikitext_dir=wikitext, calibration=spec).calibration_batches()
 
     def both_domains(model) -> tuple[float, float]:
@@ -75,23 +79,25 @@ def main() -> None:
     print("unpruned", unpruned, flush=True)
     rows = []
     stats, first = {}, {}
-    for windows in (64, 256):
+    for draw in DRAWS:
+        windows, seed = draw
         start = time.perf_counter()
-        with forward_precision(PRECISION, base.device), first_position_energy(base) as first[windows]:
-            stats[windows] = collect_activation_stats(base, calibration(windows), gram=True)
+        with forward_precision(PRECISION, base.device), first_position_energy(base) as first[draw]:
+            stats[draw] = collect_activation_stats(base, calibration(windows, seed), gram=True)
         seconds = time.perf_counter() - start
         for scorer in ("activation", "obs"):
-            label = f"{scorer} + refit, {windows} x 512 calibration tokens"
-            rows.append((label, *both_domains(pruned(stats[windows], scorer))))
+            label = f"{scorer} + refit, {windows} x 512 calibration tokens, seed {seed}"
+            rows.append((label, *both_domains(pruned(stats[draw], scorer))))
             print(rows[-1], f"(statistics pass {seconds:.0f} s)", flush=True)
-    without_first = first_position_left_out(stats[64], first[64], windows=64)
-    label = "activation + refit, first position of every window left out of the selection"
+    issue_budget = DRAWS[0]
+    without_first = first_position_left_out(stats[issue_budget], first[issue_budget], windows=64)
+    label = "activation + refit, 64 x 512 calibration tokens, seed 0, first position left out of the selection"
     rows.append((label, *both_domains(pruned(without_first))))
     print(rows[-1], flush=True)
-    share = {index: float(first[64][index].sum() / stats[64][index].sum_sq.sum()) for index in stats[64]}
+    share = {i: float(first[issue_budget][i].sum() / layer.sum_sq.sum()) for i, layer in stats[issue_budget].items()}
     per_layer = []
     for index in range(len(gated_mlps(base))):
-        per_layer.append(evaluator(pruned(stats[64], layers=[index]))[1024])
+        per_layer.append(evaluator(pruned(stats[issue_budget], layers=[index]))[1024])
         print("layer", index, per_layer[-1], flush=True)
     write_section("prune_limits", markdown(unpruned, rows, per_layer, share))
 
@@ -136,15 +142,16 @@ def markdown(unpruned_both: tuple, rows: list, per_layer: list[float], share: di
         "recipe's precision on this machine).",
         "",
         "WikiText-2 test perplexity and perplexity on held-out Python code (16 x 1024 windows each, the protocol "
-        "of the scorer table); calibration windows of 512 tokens from `wiki.valid.raw` (seed 0); 40% of MLP "
+        "of the scorer table); calibration windows of 512 tokens drawn from `wiki.valid.raw` with the seed named "
+        "(the scorer table's draw is seed 0); 40% of MLP "
         f"neurons removed, refit ridge {DAMP}. Unpruned: **{unpruned:.2f}** (code **{unpruned_code:.2f}**).",
         "",
         "| setting | WikiText-2 perplexity | code perplexity |",
         "| --- | --- | --- |",
         *(f"| {label} | {ppl:.2f} | {code:.2f} |" for label, ppl, code in rows),
         "",
-        "Only one layer pruned (activation + refit, 64 x 512 calibration tokens), and the share of that layer's "
-        "down_proj input energy (sum of squares) at the first position of the calibration windows:",
+        "Only one layer pruned (activation + refit, 64 x 512 calibration tokens, seed 0), and the share of that "
+        "layer's down_proj input energy (sum of squares) at the first position of the calibration windows:",
         "",
         "| layer | " + " | ".join(str(index) for index in range(len(per_layer))) + " |",
         "| --- | " + " | ".join("---" for _ in per_layer) + " |",
