@@ -88,7 +88,8 @@ def run_row(name: str, overrides: list[str], limit: int, rerun: bool) -> dict:
     report_file = out / ("eval_report.json" if name == "base" else "pruning_report.json")
     if report_file.exists() and not rerun:
         return json.loads(report_file.read_text())
-    common = [f"output_dir={out}", f"eval.task_limit={limit}"]
+    # A rerun moves the earlier run's files aside (train.py refuses to write over a run without overwrite=true).
+    common = [f"output_dir={out}", f"eval.task_limit={limit}", *(["overwrite=true"] if rerun else [])]
     if name == "base":
         command = [sys.executable, "-m", "prune_recover.eval", "smollm2-135m", *EVAL, *common]
     else:
