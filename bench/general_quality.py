@@ -50,6 +50,7 @@ ROWS = {
     "obs-40": ("obs + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS]),
     "obs-60": ("obs + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.6"]),
     "act-40-mix": ("activation + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING]),
+    "obs-40-mix": ("obs + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING, *OBS]),
     "full-wiki": ("40% + full CPT, WikiText", [*WIKI, "recovery=full"]),
     "lora-wiki": ("40% + LoRA, WikiText", [*WIKI, "recovery=lora"]),
     "distill-wiki": ("40% + distillation, WikiText", [*WIKI, "recovery=distill"]),
