@@ -12,7 +12,7 @@ instructions, else float32):
 - each layer alone: only layer i pruned (activation + refit, 64 windows), to see where the damage is and
   whether it adds up (the sum over layers of log(ppl_i / ppl_unpruned) against log(ppl_all / ppl_unpruned)).
 
-Command (about 30 minutes on a 2-core CPU):
+Command (about 20 minutes on a 2-core CPU: 18 min measured):
     python bench/prune_limits.py
 """
 
