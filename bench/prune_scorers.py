@@ -6,7 +6,8 @@ Calibration: 64 windows x 512 tokens drawn (seed 0) from the valid split, the sa
 data-driven method and for optipfair's hybrid.
 One-shot statistics are gathered once on the unpruned model and reused across ratios.
 
-Command (about an hour on a 2-core CPU; results are cached in bench/results/ and a rerun resumes):
+Command (about an hour on a 2-core CPU before every row also scored the code, about 45 s more a row; results are
+cached in bench/results/ and a rerun resumes):
     python bench/prune_scorers.py
 optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its rows are skipped.
 
