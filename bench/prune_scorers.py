@@ -241,7 +241,8 @@ def markdown(results: dict) -> str:
             if entry is None:
                 cells.append("n/a")
                 continue
-            cells.append(f"{entry['ppl']:.2f} / {entry['code_ppl']:.2f} ({entry['prune_seconds']:.1f} s)")
+            code = f"{entry['code_ppl']:.2f}" if "code_ppl" in entry else "n/a"  # a row cached before the column
+            cells.append(f"{entry['ppl']:.2f} / {code} ({entry['prune_seconds']:.1f} s)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     params = {r: next((results[f"{m}@{r}"]["params"] for m in methods if f"{m}@{r}" in results), None) for r in ratios}
     lines += ["", "Parameters after pruning: " + ", ".join(f"{int(r * 100)}%: {p:,}" for r, p in params.items() if p)]
