@@ -15,7 +15,7 @@ optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its
         "optipfair hybrid (64x512 calib)" "optipfair hybrid (64x512 calib, default recipe precision)"
 measures only the named methods, all in one fresh run (so their costs are comparable side by side), and writes
 them to a section of their own (`prune_scorers_only`, or `--section NAME`), leaving the full table as it is;
-`--ratios 0.4` limits such a run to the ratios named.
+`--ratios 0.4` limits such a run to the ratios named, `--seed 1` draws its calibration windows with another seed.
 
 `(default recipe)` is the default job's pruning step as it runs there: `Pruner` (activation + refit, one-shot)
 with its calibration pass in the trainer's precision (bf16 autocast on a CPU with bfloat16 instructions, float32
@@ -64,14 +64,18 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="METHOD", help="measure only these rows, in one fresh run")
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="with --only: these ratios")
     parser.add_argument("--section", default=ONLY_SECTION, help="with --only: the docs/BENCHMARKS.md section")
+    parser.add_argument("--seed", type=int, default=0, help="with --only: the calibration draw's seed")
     args = parser.parse_args()
-    if args.only is None and (args.ratios != list(RATIOS) or args.section != ONLY_SECTION):
-        raise SystemExit(f"--ratios and --section need --only (the full table has the ratios {list(RATIOS)})")
+    if args.only is None and (args.ratios != list(RATIOS) or args.section != ONLY_SECTION or args.seed != 0):
+        raise SystemExit(
+            f"--ratios, --section and --seed need --only (the full table has the ratios {list(RATIOS)}, seed 0)"
+        )
     results_file = RESULTS if args.only is None else RESULTS.with_name("prune_scorers_only.json")
     fresh = args.fresh or args.only is not None or not results_file.exists()
     results = {} if fresh else json.loads(results_file.read_text())
     if args.only is not None:
         results["only"], results["ratios"], results["section"] = args.only, args.ratios, args.section
+        results["seed"] = args.seed
     load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
@@ -84,7 +88,7 @@ def main() -> None:
         results_file.write_text(json.dumps(results, indent=1))
 
     base, tokenizer = load_model("smollm2-135m")
-    calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": 0}
+    calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": args.seed}
     data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration=calibration)
     evaluator = Evaluator(evaluation_domains(tokenizer, args.wikitext_dir), seq_lens=[1024], max_windows=16)
     batches = data.calibration_batches()
@@ -207,6 +211,8 @@ def markdown(results: dict) -> str:
         command += " --ratios " + " ".join(map(str, ratios))
     if results.get("section", ONLY_SECTION) != ONLY_SECTION:
         command += f" --section {results['section']}"
+    if results.get("seed", 0) != 0:
+        command += f" --seed {results['seed']}"
     lines = [
         "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)"
         + ("" if only is None else ": selected rows, measured side by side in one run"),
@@ -218,7 +224,7 @@ def markdown(results: dict) -> str:
         "WikiText-2 **test** perplexity / perplexity on held-out Python code (configs/eval/wikitext2_code.yaml, "
         "the general-quality table's code column), seq_len 1024, each text read as one string and tokenized once, "
         "first 16 non-overlapping windows. Calibration for every data-driven row (ours and optipfair's hybrid): "
-        "64 windows x 512 tokens from `wiki.valid.raw` (seed 0). `+refit` = least-squares refit of the kept "
+        f"64 windows x 512 tokens from `wiki.valid.raw` (seed {results.get('seed', 0)}). `+refit` = least-squares refit of the kept "
         "`down_proj` columns on the same calibration activations (ridge 1e-4). Columns give the two perplexities and, "
         "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all one-shot "
         "rows here; each row's cost counts it in full). `(sequential)` / `(carried)` rows calibrate layer by layer "
