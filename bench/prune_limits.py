@@ -29,10 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.domains import evaluation_domains  # noqa: E402
+from bench.domains import SEQ_LEN, perplexity_by_domain, protocol_evaluator  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
 from prune_recover.arch import gated_mlps  # noqa: E402
-from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -54,8 +53,7 @@ DRAWS = ((64, 0), (256, 0), (64, 1), (64, 2))
 def main() -> None:
     base, tokenizer = load_model("smollm2-135m")
     wikitext = "../shared/data/wikitext-2-raw"
-    domains = evaluation_domains(tokenizer, wikitext)
-    evaluator = Evaluator(domains, seq_lens=[1024], max_windows=16, precision=PRECISION)
+    evaluator = protocol_evaluator(tokenizer, wikitext, PRECISION)
     width = WidthTarget(ratio=RATIO).width(ParamModel.from_config(base.config))
 
     def calibration(windows: int, seed: int) -> list[torch.Tensor]:
@@ -63,8 +61,8 @@ def main() -> None:
         return CausalLMDataModule(tokenizer, wikitext_dir=wikitext, calibration=spec).calibration_batches()
 
     def both_domains(model) -> tuple[float, float]:
-        ppl = evaluator.perplexities(model)
-        return ppl["wikitext2"][1024], ppl["code"][1024]
+        ppl = perplexity_by_domain(evaluator, model)
+        return ppl["wikitext2"], ppl["code"]
 
     def pruned(stats, scorer: str = "activation", layers=None):
         model = copy.deepcopy(base)
@@ -97,7 +95,7 @@ def main() -> None:
     share = {i: float(first[issue_budget][i].sum() / layer.sum_sq.sum()) for i, layer in stats[issue_budget].items()}
     per_layer = []
     for index in range(len(gated_mlps(base))):
-        per_layer.append(evaluator(pruned(stats[issue_budget], layers=[index]))[1024])
+        per_layer.append(evaluator(pruned(stats[issue_budget], layers=[index]))[SEQ_LEN])
         print("layer", index, per_layer[-1], flush=True)
     write_section("prune_limits", markdown(unpruned, rows, per_layer, share))
 

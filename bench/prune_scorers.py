@@ -34,9 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.domains import evaluation_domains  # noqa: E402
+from bench.domains import perplexity_by_domain, protocol_evaluator  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
-from prune_recover.evaluation.evaluator import Evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -90,12 +89,12 @@ def main() -> None:
     base, tokenizer = load_model("smollm2-135m")
     calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": args.seed}
     data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration=calibration)
-    evaluator = Evaluator(evaluation_domains(tokenizer, args.wikitext_dir), seq_lens=[1024], max_windows=16)
+    evaluator = protocol_evaluator(tokenizer, args.wikitext_dir)
     batches = data.calibration_batches()
     params = ParamModel.from_config(base.config)
 
     def measure(model, seconds: float) -> dict:
-        ppl = {domain: by_length[1024] for domain, by_length in evaluator.perplexities(model).items()}
+        ppl = perplexity_by_domain(evaluator, model)
         return {
             "ppl": ppl["wikitext2"],
             "code_ppl": ppl["code"],
@@ -225,8 +224,8 @@ def markdown(results: dict) -> str:
         "the general-quality table's code column), seq_len 1024, each text read as one string and tokenized once, "
         "first 16 non-overlapping windows. Calibration for every data-driven row (ours and optipfair's hybrid): "
         f"64 windows x 512 tokens from `wiki.valid.raw` (seed {results.get('seed', 0)}). `+refit` = least-squares "
-        "refit of the kept "
-        "`down_proj` columns on the same calibration activations (ridge 1e-4). Columns give the two perplexities and, "
+        "refit of the kept `down_proj` columns on the same calibration activations (ridge 1e-4). Columns give the "
+        "two perplexities and, "
         "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all one-shot "
         "rows here; each row's cost counts it in full). `(sequential)` / `(carried)` rows calibrate layer by layer "
         "on the already-pruned prefix (`pruning.calibration_mode`), `carried` refitting every layer to the unpruned "

@@ -3,7 +3,7 @@ table's WikiText-2 and code columns), so their figures can be read side by side.
 
 import torch
 
-from bench.domains import evaluation_domains
+from bench.domains import evaluation_domains, protocol_evaluator
 from prune_recover.jobs.configs import build, compose_train_config, evaluator_for
 from prune_recover.tiny_models import byte_tokenizer
 
@@ -20,3 +20,6 @@ def test_the_benches_score_the_train_jobs_test_split_and_held_out_code(wikitext_
     assert list(domains) == list(expected) == ["wikitext2", "code"]
     for name, ids in domains.items():
         assert ids.numel() > 16 * 1024 and torch.equal(ids, expected[name])
+    protocol = protocol_evaluator(tokenizer, str(wikitext_dir)).describe()
+    assert list(protocol["domains"]) == ["wikitext2", "code"]
+    assert [(p["seq_len"], p["max_windows"]) for p in protocol["protocols"]] == [(1024, 16)]
