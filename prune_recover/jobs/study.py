@@ -7,7 +7,8 @@ A study file lists `common` overrides and `arms: {name: [overrides]}`; each arm 
 `python train.py <common> <arm> output_dir=<out>/<name>`, arms whose report exists are skipped (a
 rerun resumes the study: an arm cut off after a checkpoint resumes from it, one cut off before moves its
 partial files aside and starts again). `report` reads every `pruning_report.json` under the given paths and
-writes `report.md` (table: method, parameters, ppl@128, ppl@1024, recovery tokens, wall time) and
+writes `report.md` (table: method, parameters, ppl@128, ppl@1024, perplexity on the other scored domains
+such as held-out code, zero-shot average, recovery tokens, wall time) and
 two PNG plots (perplexity vs parameters per method; validation perplexity over recovery steps), and
 with `--wandb` logs the table and the plots to W&B.
 """
@@ -81,12 +82,27 @@ def method_of(report: dict) -> str:
     return f"{pruning} + {report.get('recovery', {}).get('method', 'none')}"
 
 
+def held_out_domains(report: dict) -> dict[str, float]:
+    """`{"<domain>@<len>": ppl}` of the final model on every scored domain besides the headline one, at its
+    longest window length (e.g. `code@1024` with `eval=wikitext2_code`)."""
+    headline = report.get("config", {}).get("eval", {}).get("test_name", "wikitext2")
+    figures = {}
+    for domain, by_len in report["final"].get("ppl_by_domain", {}).items():
+        if domain != headline and by_len:
+            longest = max(by_len, key=int)
+            figures[f"{domain}@{longest}"] = by_len[longest]
+    return figures
+
+
 def rows(reports: list[dict]) -> list[dict]:
-    """One table row per run: method, size, perplexities, recovery tokens, wall time; largest first."""
+    """One table row per run: method, size, perplexities (headline and other domains), zero-shot average,
+    recovery tokens, wall time; largest first. Every row has the same keys (None where a run lacks a figure)."""
+    domains = sorted({key for report in reports for key in held_out_domains(report)})
     table = []
     for report in reports:
         final = report["final"]
         by_len = final.get("ppl_by_seq_len", {})
+        held_out = held_out_domains(report)
         table.append(
             {
                 "run": report["name"],
@@ -95,6 +111,8 @@ def rows(reports: list[dict]) -> list[dict]:
                 "pruned": 1 - final["params"] / report["base"]["params"],
                 "ppl@128": by_len.get("128"),
                 "ppl@1024": by_len.get("1024"),
+                **{key: held_out.get(key) for key in domains},
+                "zeroshot_average": final.get("task_average"),
                 "after_pruning@128": (report["events"] or [{}])[-1].get("ppl_after_by_seq_len", {}).get("128"),
                 "recovery_tokens": report.get("recovery", {}).get("tokens_seen", 0),
                 "wall_s": report.get("wall_seconds"),
@@ -108,19 +126,19 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown_table(table: list[dict]) -> str:
-    """The rows as a Markdown table."""
-    lines = [
-        "| run | method | params | pruned | ppl@128 after pruning | ppl@128 | ppl@1024 | recovery tokens "
-        "| wall time (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    """The rows as a Markdown table (a column for each other domain, and the zero-shot average when scored)."""
+    domains = [key for key in table[0] if "@" in key and not key.startswith(("ppl@", "after_pruning@"))]
+    zeroshot = any(r["zeroshot_average"] is not None for r in table)
+    header = ["run", "method", "params", "pruned", "ppl@128 after pruning", "ppl@128", "ppl@1024"]
+    header += [f"{key.split('@')[0]} ppl@{key.split('@')[1]}" for key in domains]
+    header += ["zero-shot average"] * zeroshot + ["recovery tokens", "wall time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in table:
-        lines.append(
-            f"| {r['run']} | {r['method']} | {r['params']:,} | {r['pruned']:.1%} "
-            f"| {_fmt(r['after_pruning@128'], '.2f')} "
-            f"| {_fmt(r['ppl@128'], '.2f')} | {_fmt(r['ppl@1024'], '.2f')} | {r['recovery_tokens']:,} "
-            f"| {_fmt(r['wall_s'], '.0f')} |"
-        )
+        cells = [r["run"], r["method"], f"{r['params']:,}", f"{r['pruned']:.1%}", _fmt(r["after_pruning@128"], ".2f")]
+        cells += [_fmt(r[key], ".2f") for key in ("ppl@128", "ppl@1024", *domains)]
+        cells += [_fmt(r["zeroshot_average"], ".3f")] * zeroshot
+        cells += [f"{r['recovery_tokens']:,}", _fmt(r["wall_s"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -183,7 +201,9 @@ def write_report(paths: list[Path], out: Path, wandb_project: str | None = None)
         [
             "# Study report",
             "",
-            f"{len(table)} runs. WikiText-2 test perplexity (protocol in prune_recover/evaluation/perplexity.py). "
+            f"{len(table)} runs. WikiText-2 test perplexity, and that of any other scored domain, of the final "
+            "model (protocol in prune_recover/evaluation/perplexity.py); zero-shot average where the run scored "
+            "its tasks. "
             f"Recovery token budget per run: {', '.join(f'{t:,}' for t in tokens)}.",
             "",
             markdown_table(table),
