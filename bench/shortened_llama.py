@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import BENCHMARKS, machine, write_section, zeroshot_cells  # noqa: E402
 from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
-from prune_recover.jobs.study import REPO, collect, markdown_table, rows, run_study, write_report  # noqa: E402
+from prune_recover.jobs.study import REPO, collect, run_study, write_report  # noqa: E402
+from prune_recover.jobs.study_table import markdown_table, rows  # noqa: E402
 
 STUDY = REPO / "configs" / "study" / "shortened_llama_small.yaml"
 OUT = REPO / "study" / "shortened_llama_small"

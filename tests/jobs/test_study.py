@@ -9,7 +9,8 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from prune_recover.jobs.configs import compose_train_config
-from prune_recover.jobs.study import REPO, collect, markdown_table, rows, run_study, write_report
+from prune_recover.jobs.study import REPO, collect, run_study, write_report
+from prune_recover.jobs.study_table import markdown_table, rows
 from tests.test_train_cli import tiny_overrides
 
 
