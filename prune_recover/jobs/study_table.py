@@ -33,12 +33,12 @@ def held_out_domains(report: dict) -> dict[str, float]:
 def rows(reports: list[dict]) -> list[dict]:
     """One table row per run: method, size, perplexities (headline and other domains), zero-shot average,
     recovery tokens, wall time; largest first. Every row has the same keys (None where a run lacks a figure)."""
-    domains = sorted({key for report in reports for key in held_out_domains(report)})
+    held_out = [held_out_domains(report) for report in reports]
+    domains = sorted({key for figures in held_out for key in figures})
     table = []
-    for report in reports:
+    for report, figures in zip(reports, held_out, strict=True):
         final = report["final"]
         by_len = final.get("ppl_by_seq_len", {})
-        held_out = held_out_domains(report)
         table.append(
             {
                 "run": report["name"],
@@ -47,7 +47,7 @@ def rows(reports: list[dict]) -> list[dict]:
                 "pruned": 1 - final["params"] / report["base"]["params"],
                 "ppl@128": by_len.get("128"),
                 "ppl@1024": by_len.get("1024"),
-                **{key: held_out.get(key) for key in domains},
+                **{key: figures.get(key) for key in domains},
                 "zeroshot_average": final.get("task_average"),
                 "after_pruning@128": (report["events"] or [{}])[-1].get("ppl_after_by_seq_len", {}).get("128"),
                 "recovery_tokens": report.get("recovery", {}).get("tokens_seen", 0),
@@ -63,6 +63,7 @@ def _fmt(value, spec: str) -> str:
 
 def markdown_table(table: list[dict]) -> str:
     """The rows as a Markdown table (a column for each other domain, and the zero-shot average when scored)."""
+    # the held-out domains' columns: the `"<domain>@<len>"` keys besides the headline's and the after-pruning one
     domains = [key for key in table[0] if "@" in key and not key.startswith(("ppl@", "after_pruning@"))]
     zeroshot = any(r["zeroshot_average"] is not None for r in table)
     header = ["run", "method", "params", "pruned", "ppl@128 after pruning", "ppl@128", "ppl@1024"]
