@@ -49,17 +49,20 @@ class NeuronStats:
     def add(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
         """Add the down_proj inputs `x` `[tokens, intermediate]` (and, for `cross`, the unpruned model's `target`).
 
-        Running sums are float64 across batches. A batch's Gram product is computed in bfloat16 when `x` is
-        bfloat16 (a calibration pass under bf16 autocast: its values are bf16 already, the products are exact
-        and accumulate in float32 inside the matrix unit, only the batch's sum is rounded to bf16); else float32
-        (float16 could overflow).
+        Running sums are float64 across batches. Within a batch the squares are summed in float32: the squares
+        of 16-bit values are exact in float32, and on SmolLM2's calibration pass the sums were within 2e-7 of
+        float64 ones and ranked the neurons the same, while summing in float64 made the bf16 pass about a
+        quarter slower. A batch's Gram product is computed in bfloat16 when `x` is bfloat16 (a calibration pass
+        under bf16 autocast: its values are bf16 already, the products are exact and accumulate in float32
+        inside the matrix unit, only the batch's sum is rounded to bf16); else float32 (float16 could
+        overflow). It is added to the float64 sum in place, without a float64 copy.
         """
-        self.sum_sq += x.float().square().sum(0, dtype=torch.float64)  # exact squares of 16-bit values
+        self.sum_sq += x.float().square().sum(0)
         self.tokens += x.shape[0]
         with torch.autocast(x.device.type, enabled=False):  # the dtype chosen here, not the caller's autocast
             if self.gram is not None:
                 x_gram = x if x.dtype == torch.bfloat16 else x.float()
-                self.gram += (x_gram.T @ x_gram).double()
+                self.gram.add_(x_gram.T @ x_gram)
             if self.cross is not None:
                 self.cross += (x.float().T @ target.float()).double()
 
