@@ -1,16 +1,21 @@
-"""Pruning cost on SmolLM2-135M: weight-only scorers against one forward pass over the calibration set.
+"""Pruning cost on SmolLM2-135M at 40%: every scorer's pruning step against one forward pass and optipfair's hybrid.
 
-Command:
-    python bench/prune_cost.py
-Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4. Each figure is one timed run
-on a fresh copy of the model (wall seconds, this machine, nothing else running). Rows run in float32 unless
-they say otherwise; "default recipe" runs the calibration pass in the trainer's precision as the default job
-does (bf16 autocast on a CPU with bfloat16 instructions, float32 elsewhere).
+Command (about 30 minutes on a 2-core CPU):
+    python bench/prune_cost.py [--rounds 3]
+Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4, the same for every row and for optipfair
+0.4.2's data-driven hybrid (`pip install --no-deps optipfair==0.4.2`; without it its rows are skipped). Each row is
+timed once per round on a fresh copy of the model, the rows one after another in every round, so that the
+machine's drift between rounds touches them all; the table gives the median over the rounds (wall seconds) and
+the range, and each ratio is the median of the per-round ratios (two rows of the same round). Rows run in float32
+unless they say otherwise; "default recipe" runs the calibration pass in the trainer's precision as the default
+job does (bf16 autocast on a CPU with bfloat16 instructions, float32 elsewhere).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
+from bench.peer import optipfair_installed, optipfair_prune  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -36,7 +42,31 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+OPTIPFAIR = "optipfair hybrid, 40%, float32 (its default)"
+OPTIPFAIR_RECIPE = f"optipfair hybrid, 40%, {RECIPE_PRECISION} calibration pass"
+DEFAULT_RECIPE = f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)"
+OBS = "obs + refit, 40% (issue 12's joint selector), float32"
+# (label, Pruner settings, precision of the calibration pass)
+CASES = [
+    ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False), "float32"),
+    ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False), "float32"),
+    ("activation, 40%, no refit", dict(importance="activation", refit=False), "float32"),
+    ("activation + refit, 40% (the default scorer), float32", dict(importance="activation"), "float32"),
+    ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise"), "float32"),
+    (OBS, dict(importance="obs"), "float32"),
+    ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False), "float32"),
+    (DEFAULT_RECIPE, {}, RECIPE_PRECISION),
+]
+# (numerator, denominator): the comparisons issue 12 asks for
+RATIOS = [(OBS, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR_RECIPE)]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="times each row is measured (the median is shown)")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     base, tokenizer = load_model("smollm2-135m")
     data = CausalLMDataModule(tokenizer, wikitext_dir="../shared/data/wikitext-2-raw", calibration={"split": "valid"})
     batches = data.calibration_batches()
@@ -46,40 +76,60 @@ def main() -> None:
         for batch in batches:
             base(input_ids=batch, use_cache=False)
 
-    rows = [("one forward pass over the calibration set (reference)", timed(forward_pass))]
-    # (label, Pruner settings, precision of the calibration pass)
-    cases = [
-        ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False), "float32"),
-        ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False), "float32"),
-        ("activation, 40%, no refit", dict(importance="activation", refit=False), "float32"),
-        ("activation + refit, 40% (the default scorer), float32", dict(importance="activation"), "float32"),
-        ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise"), "float32"),
-        ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False), "float32"),
-        (f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)", {}, RECIPE_PRECISION),
-    ]
-    for label, settings, precision in cases:
-        model = copy.deepcopy(base)
-        pruner = Pruner(ratio=0.4, **settings)
+    # label -> a function that runs the step once and returns its wall seconds
+    steps = {"one forward pass over the calibration set (reference)": lambda: timed(forward_pass)}
+    for label, settings, precision in CASES:
 
-        def prune(model=model, pruner=pruner, precision=precision):
+        def prune(settings=settings, precision=precision):
+            model = copy.deepcopy(base)
+            pruner = Pruner(ratio=0.4, **settings)
             with forward_precision(precision, model.device):
-                pruner.prune(model, batches)
+                return timed(lambda: pruner.prune(model, batches))
 
-        rows.append((label, timed(prune)))
-        print(rows[-1], flush=True)
-    body = "\n".join(
-        [
-            "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
-            "",
-            f"Command: `{COMMAND}`. Measured on {machine()}. Calibration: 64 x 512 tokens, batches of 4.",
-            "",
-            "| what | seconds |",
-            "| --- | --- |",
-            *(f"| {label} | {seconds:.2f} |" for label, seconds in rows),
-        ]
-    )
+        steps[label] = prune
+    if optipfair_installed():
+        for label, precision in ((OPTIPFAIR, "float32"), (OPTIPFAIR_RECIPE, RECIPE_PRECISION)):
+
+            def peer(precision=precision):
+                model = copy.deepcopy(base)
+                return timed(lambda: optipfair_prune(model, 0.4, batches, precision))
+
+            steps[label] = peer
+    seconds: dict[str, list[float]] = {label: [] for label in steps}
+    for round_number in range(args.rounds):
+        for label, step in steps.items():
+            measured = step()
+            seconds[label].append(measured)
+            print(round_number, label, round(measured, 2), flush=True)
+    body = markdown(seconds, args.rounds)
     write_section("prune_cost", body)
     print(body)
+
+
+def markdown(seconds: dict[str, list[float]], rounds: int) -> str:
+    command = COMMAND if rounds == 3 else f"{COMMAND} --rounds {rounds}"
+    lines = [
+        "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
+        "",
+        f"Command: `{command}`. Measured on {machine()}. Calibration: 64 x 512 tokens, batches of 4, the same "
+        "for every row. Each row was timed once in each of "
+        f"{rounds} rounds (the rows one after another in every round); the median and the range over the rounds. "
+        "The pruning step includes its calibration pass.",
+        "",
+        "| what | seconds (median) | range |",
+        "| --- | --- | --- |",
+        *(
+            f"| {label} | {statistics.median(values):.2f} | {min(values):.2f}-{max(values):.2f} |"
+            for label, values in seconds.items()
+        ),
+    ]
+    measured = [(top, bottom) for top, bottom in RATIOS if top in seconds and bottom in seconds]
+    if measured:
+        lines += ["", "| ratio (median of the per-round ratios) | value |", "| --- | --- |"]
+        for top, bottom in measured:
+            ratio = statistics.median(a / b for a, b in zip(seconds[top], seconds[bottom], strict=True))
+            lines.append(f"| {top} / {bottom} | {ratio:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.domains import perplexity_by_domain, protocol_evaluator  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
+from bench.peer import optipfair_installed, optipfair_prune  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -166,39 +167,19 @@ def main() -> None:
 
 
 def optipfair_runs(base, batches, ratio: float, measure) -> dict:
-    try:
-        from optipfair import prune_model
-    except ImportError:
-        print("optipfair not installed: skipping its rows (pip install --no-deps optipfair==0.4.2)")
+    if not optipfair_installed():
         return {}
 
-    def run(dataloader, precision: str = "float32"):
+    def run(batches, precision: str = "float32"):
         model = copy.deepcopy(base)
         start = time.perf_counter()
-        with forward_precision(precision, model.device):
-            prune_model(
-                model,
-                pruning_type="MLP_GLU",
-                neuron_selection_method="MAW",
-                pruning_percentage=ratio * 100,
-                dataloader=dataloader,
-                show_progress=False,
-            )
+        optipfair_prune(model, ratio, batches, precision)
         return measure(model, time.perf_counter() - start)
 
-    def static():
-        return run(None)
-
-    def hybrid():
-        return run([{"input_ids": batch} for batch in batches])
-
-    def hybrid_in_recipe_precision():
-        return run([{"input_ids": batch} for batch in batches], RECIPE_PRECISION)
-
     return {
-        f"optipfair MAW (= max + abs(min))@{ratio}": static,
-        f"optipfair hybrid (64x512 calib)@{ratio}": hybrid,
-        f"optipfair hybrid (64x512 calib, default recipe precision)@{ratio}": hybrid_in_recipe_precision,
+        f"optipfair MAW (= max + abs(min))@{ratio}": lambda: run(None),
+        f"optipfair hybrid (64x512 calib)@{ratio}": lambda: run(batches),
+        f"optipfair hybrid (64x512 calib, default recipe precision)@{ratio}": lambda: run(batches, RECIPE_PRECISION),
     }
 
 
