@@ -49,6 +49,8 @@ ROWS = {
     "obs-20": ("obs + refit, 20%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.2"]),
     "obs-40": ("obs + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS]),
     "obs-60": ("obs + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.6"]),
+    "wanda-40": ("wanda + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.importance=wanda"]),
+    "taylor-40": ("taylor + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.importance=taylor"]),
     "act-40-mix": ("activation + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING]),
     "obs-40-mix": ("obs + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING, *OBS]),
     "full-wiki": ("40% + full CPT, WikiText", [*WIKI, "recovery=full"]),
