@@ -55,7 +55,7 @@ class NeuronStats:
         quarter slower. A batch's Gram product is computed in bfloat16 when `x` is bfloat16 (a calibration pass
         under bf16 autocast: its values are bf16 already, the products are exact and accumulate in float32
         inside the matrix unit, only the batch's sum is rounded to bf16); else float32 (float16 could
-        overflow). It is added to the float64 sum in place, without a float64 copy.
+        overflow). It and the cross term are added to their float64 sums in place, without float64 copies.
         """
         self.sum_sq += x.float().square().sum(0)
         self.tokens += x.shape[0]
@@ -64,7 +64,7 @@ class NeuronStats:
                 x_gram = x if x.dtype == torch.bfloat16 else x.float()
                 self.gram.add_(x_gram.T @ x_gram)
             if self.cross is not None:
-                self.cross += (x.float().T @ target.float()).double()
+                self.cross.add_(x.float().T @ target.float())
 
     @classmethod
     def zeros(cls, width: int, device: torch.device, gram: bool = False, cross: bool = False) -> NeuronStats:
