@@ -4,7 +4,9 @@ Command:
     python bench/general_quality.py [--limit 200] [--only NAME ...] [--rerun]
 Every row is one `python train.py ...` run (printed with it) on SmolLM2-135M with `eval=wikitext2_code`
 (WikiText-2 test and held-out standard-library code, 16 x 1024 windows each) and the zero-shot suite at
-`--limit` items per task, scored once at the end; the unpruned row is `python -m prune_recover.eval`.
+`--limit` items per task, scored once at the end; the unpruned row is `python -m prune_recover.eval`, and so is
+the peer's row, a model pruned by optipfair 0.4.2's hybrid (`pip install --no-deps optipfair==0.4.2`) on the
+calibration batches of the act-40 row, saved under its row's folder.
 A row whose `pruning_report.json` already exists under outputs/bench_quality/ is read, not re-run, unless
 `--rerun` (so the table can be completed over several sittings; each report keeps its own command); `--table`
 runs nothing and writes the table of the rows measured so far, naming the rows not measured.
@@ -22,7 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
+from bench.peer import INSTALL, optipfair_installed, optipfair_prune  # noqa: E402
 from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
+from prune_recover.jobs.configs import build, compose_train_config  # noqa: E402
+from prune_recover.models import load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "bench_quality"
@@ -62,6 +67,14 @@ ROWS = {
     "distill-mix": ("40% + distillation, 50/50 mixture", [*MIX, "recovery=distill"]),
 }
 
+# name -> (what the row is, ratio, overrides whose data node gives the calibration batches): pruned by the peer
+# (optipfair 0.4.2's data-driven hybrid, float32, its default) on the very batches the act-40 row calibrates on,
+# saved, and scored by `python -m prune_recover.eval` like the unpruned row.
+PEER_ROWS = {
+    "optipfair-40": ("optipfair 0.4.2 hybrid, 40%, WikiText calibration (the act-40 row's batches)", 0.4, WIKI),
+}
+ALL_ROWS = ["base", *ROWS, *PEER_ROWS]
+
 
 # Which code measured the rows above (kept with the table, since a rerun of `--table` rewrites the section).
 PROVENANCE = (
@@ -94,13 +107,17 @@ READING = (
 def run_row(name: str, overrides: list[str], limit: int, rerun: bool) -> dict:
     """Run one row's job (or read its earlier report) and return its report."""
     out = OUT / name
-    report_file = out / ("eval_report.json" if name == "base" else "pruning_report.json")
+    report_file = _report_files(name)[0]
     if report_file.exists() and not rerun:
         return json.loads(report_file.read_text())
     # A rerun moves the earlier run's files aside (train.py refuses to write over a run without overwrite=true).
     common = [f"output_dir={out}", f"eval.task_limit={limit}", *(["overwrite=true"] if rerun else [])]
     if name == "base":
         command = [sys.executable, "-m", "prune_recover.eval", "smollm2-135m", *EVAL, *common]
+    elif name in PEER_ROWS:
+        _, ratio, data_overrides = PEER_ROWS[name]
+        command = [sys.executable, "-m", "prune_recover.eval", str(prune_with_peer(out, ratio, data_overrides)), *EVAL]
+        command += common
     else:
         command = [sys.executable, "train.py", *overrides, *BUDGET, *TRAIN_EVAL, *common]
     start = time.perf_counter()
@@ -111,9 +128,29 @@ def run_row(name: str, overrides: list[str], limit: int, rerun: bool) -> dict:
     return report
 
 
+def prune_with_peer(out: Path, ratio: float, data_overrides: list[str]) -> Path:
+    """Prune SmolLM2 with optipfair's hybrid on the calibration batches `train.py <data_overrides>` uses; save it
+    to `out/model` (its seconds in `out/peer.json`) and return that directory."""
+    if not optipfair_installed():
+        raise SystemExit(f"the optipfair rows need optipfair: {INSTALL}")
+    cfg = compose_train_config(data_overrides)
+    model, tokenizer = load_model(**cfg.model)
+    data = build(cfg.data)
+    data.set_tokenizer(tokenizer)
+    batches = data.calibration_batches()
+    start = time.perf_counter()
+    optipfair_prune(model, ratio, batches)
+    seconds = time.perf_counter() - start
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    calibration = {"batches": len(batches), "shape": list(batches[0].shape), "data": data_overrides}
+    (out / "peer.json").write_text(json.dumps({"prune_seconds": seconds, "calibration": calibration}, indent=2))
+    return out / "model"
+
+
 def result_of(name: str, report: dict) -> dict:
     """The scored model of a report: the eval command's `result`, a run's `final`."""
-    return report["result"] if name == "base" else report["final"]
+    return report["result"] if _scored_by_eval(name) else report["final"]
 
 
 def table(reports: dict[str, dict]) -> list[str]:
@@ -123,7 +160,7 @@ def table(reports: dict[str, dict]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, report in reports.items():
         result = result_of(name, report)
-        cells = [ROWS.get(name, ("unpruned SmolLM2-135M",))[0], f"{result['params'] / 1e6:.1f}M"]
+        cells = [{**ROWS, **PEER_ROWS}.get(name, ("unpruned SmolLM2-135M",))[0], f"{result['params'] / 1e6:.1f}M"]
         cells += [f"{result['ppl_by_domain'][d]['1024']:.2f}" for d in ("wikitext2", "code")]
         cells += zeroshot_cells(result)
         wall = report.get("bench_wall_seconds")
@@ -154,19 +191,19 @@ def versus_unpruned(done: dict[str, dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=200, help="zero-shot items per task")
-    parser.add_argument("--only", nargs="*", default=None, help=f"rows to run: base {' '.join(ROWS)}")
+    parser.add_argument("--only", nargs="*", default=None, help=f"rows to run: {' '.join(ALL_ROWS)}")
     parser.add_argument("--rerun", action="store_true", help="re-run rows whose report exists")
     parser.add_argument("--table", action="store_true", help="run nothing: write the table of the reports there are")
     args = parser.parse_args()
-    names = ["base", *ROWS] if args.only is None else args.only
-    unknown = [n for n in names if n != "base" and n not in ROWS]
+    names = ALL_ROWS if args.only is None else args.only
+    unknown = [n for n in names if n not in ALL_ROWS]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; allowed: base {' '.join(ROWS)}")
+        raise SystemExit(f"unknown rows {unknown}; allowed: {' '.join(ALL_ROWS)}")
     for name in [] if args.table else names:
         run_row(name, ROWS.get(name, ("", []))[1], args.limit, args.rerun)
-    done = {n: json.loads(p.read_text()) for n in ["base", *ROWS] for p in _report_files(n) if p.exists()}
+    done = {n: json.loads(p.read_text()) for n in ALL_ROWS for p in _report_files(n) if p.exists()}
     limits = sorted({r["protocol"]["task_limit"] for r in done.values()}, key=str)
-    missing = [name for name in ROWS if name not in done]
+    missing = [name for name in ALL_ROWS if name not in done]
     body = "\n".join(
         [
             "## General quality: prose, held-out code and the zero-shot suite",
@@ -198,8 +235,13 @@ def main() -> None:
     print(body)
 
 
+def _scored_by_eval(name: str) -> bool:
+    """Whether the row is scored by `python -m prune_recover.eval` (an eval_report.json), not a train.py run."""
+    return name == "base" or name in PEER_ROWS
+
+
 def _report_files(name: str) -> list[Path]:
-    return [OUT / name / ("eval_report.json" if name == "base" else "pruning_report.json")]
+    return [OUT / name / ("eval_report.json" if _scored_by_eval(name) else "pruning_report.json")]
 
 
 if __name__ == "__main__":
