@@ -42,6 +42,7 @@ MIX = ["recipe=smollm2_demo", "data=wikitext2_code", "data.mixture.wikitext.weig
 NO_TRAINING = ["recovery=none"]
 MAW = ["pruning.importance=maw", "pruning.refit=false"]
 OBS = ["pruning.importance=obs"]  # issue 12's joint selector (it always refits)
+SEQUENTIAL = ["pruning.calibration_mode=sequential"]  # each layer calibrated on the already-pruned prefix
 
 # name -> (what the row is, overrides of `python train.py`)
 ROWS = {
@@ -54,6 +55,11 @@ ROWS = {
     "obs-20": ("obs + refit, 20%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.2"]),
     "obs-40": ("obs + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS]),
     "obs-60": ("obs + refit, 60%, WikiText calibration", [*WIKI, *NO_TRAINING, *OBS, "pruning.ratio=0.6"]),
+    "act-40-seq": ("activation + refit, 40%, WikiText calibration, sequential", [*WIKI, *NO_TRAINING, *SEQUENTIAL]),
+    "act-60-seq": (
+        "activation + refit, 60%, WikiText calibration, sequential",
+        [*WIKI, *NO_TRAINING, *SEQUENTIAL, "pruning.ratio=0.6"],
+    ),
     "wanda-40": ("wanda + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.importance=wanda"]),
     "taylor-40": ("taylor + refit, 40%, WikiText calibration", [*WIKI, *NO_TRAINING, "pruning.importance=taylor"]),
     "act-40-mix": ("activation + refit, 40%, 50/50 mixture calibration", [*MIX, *NO_TRAINING]),
@@ -90,6 +96,9 @@ PROVENANCE = (
     "The wanda + refit and taylor + refit rows ran on 2026-12-01 with the code of d910e81, whose statistics pass "
     "sums each batch's squares in float32 (the same neurons kept at 40% as with float64 sums, checked on the "
     "scorer bench's calibration draw). "
+    "The optipfair row ran on 2026-12-01 with the code of 5502064: optipfair 0.4.2's hybrid (float32, its "
+    "default) pruned the model on the act-40 row's 16 calibration batches of 4 x 512 tokens in 67 s (while "
+    "nothing else ran), and `python -m prune_recover.eval` scored the saved model (the command in its report). "
     "Every row is scored in float32 (`eval.precision=float32`, the only precision before ddf537e). "
     "100 zero-shot items per task (standard error about 0.05 per task); the default recipe's own comparison at 200 "
     "items is in the default-recipe section."
