@@ -99,6 +99,8 @@ PROVENANCE = (
     "The optipfair row ran on 2026-12-01 with the code of 5502064: optipfair 0.4.2's hybrid (float32, its "
     "default) pruned the model on the act-40 row's 16 calibration batches of 4 x 512 tokens in 67 s (while "
     "nothing else ran), and `python -m prune_recover.eval` scored the saved model (the command in its report). "
+    "The two sequential rows ran on 2026-12-01 with the code of 50f2fdf (their pruning steps, calibration in "
+    "bf16: 104.8 s at 40%, 95.2 s at 60%, while nothing else ran). "
     "Every row is scored in float32 (`eval.precision=float32`, the only precision before ddf537e). "
     "100 zero-shot items per task (standard error about 0.05 per task); the default recipe's own comparison at 200 "
     "items is in the default-recipe section."
