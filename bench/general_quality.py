@@ -142,8 +142,6 @@ def run_row(name: str, overrides: list[str], limit: int, rerun: bool) -> dict:
 def prune_with_peer(out: Path, ratio: float, data_overrides: list[str]) -> Path:
     """Prune SmolLM2 with optipfair's hybrid on the calibration batches `train.py <data_overrides>` uses; save it
     to `out/model` (its seconds in `out/peer.json`) and return that directory."""
-    if not optipfair_installed():
-        raise SystemExit(f"the optipfair rows need optipfair: {INSTALL}")
     cfg = compose_train_config(data_overrides)
     model, tokenizer = load_model(**cfg.model)
     data = build(cfg.data)
@@ -210,6 +208,9 @@ def main() -> None:
     unknown = [n for n in names if n not in ALL_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; allowed: {' '.join(ALL_ROWS)}")
+    peer_rows = [n for n in names if n in PEER_ROWS and not args.table]
+    if peer_rows and not optipfair_installed():  # before any row runs: a full run takes hours
+        raise SystemExit(f"the rows {peer_rows} need optipfair: {INSTALL}")
     for name in [] if args.table else names:
         run_row(name, ROWS.get(name, ("", []))[1], args.limit, args.rerun)
     done = {n: json.loads(p.read_text()) for n in ALL_ROWS for p in _report_files(n) if p.exists()}

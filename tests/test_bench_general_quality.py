@@ -5,6 +5,7 @@ once failed because train.py refuses an output_dir that holds a run unless `over
 """
 
 import json
+import sys
 
 import pytest
 
@@ -47,3 +48,14 @@ def test_a_peer_row_prunes_on_the_rows_calibration_batches_and_scores_the_saved_
     peer = json.loads((tmp_path / "tiny-peer" / "peer.json").read_text())
     assert peer["calibration"]["batches"] == 1 and peer["calibration"]["shape"] == [4, 64]  # tiny_overrides' 4 x 64
     assert general_quality.result_of("tiny-peer", report) == report["result"]
+
+
+def test_a_run_that_names_the_peer_row_without_optipfair_stops_before_any_row_runs(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optipfair", None)  # `import optipfair` raises ImportError, as when absent
+    monkeypatch.setattr(general_quality, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["general_quality.py", "--only", "maw-20", "optipfair-40"])
+
+    with pytest.raises(SystemExit, match=r"\['optipfair-40'\] need optipfair: pip install --no-deps optipfair"):
+        general_quality.main()
+
+    assert list(tmp_path.iterdir()) == []  # maw-20, named first, never started
