@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 from bench.peer import INSTALL, optipfair_installed, optipfair_prune  # noqa: E402
 from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
+from prune_recover.files import write_json_atomic  # noqa: E402
 from prune_recover.jobs.configs import build, compose_train_config  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 
@@ -153,7 +154,7 @@ def prune_with_peer(out: Path, ratio: float, data_overrides: list[str]) -> Path:
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     calibration = {"batches": len(batches), "shape": list(batches[0].shape), "data": data_overrides}
-    (out / "peer.json").write_text(json.dumps({"prune_seconds": seconds, "calibration": calibration}, indent=2))
+    write_json_atomic(out / "peer.json", {"prune_seconds": seconds, "calibration": calibration})
     return out / "model"
 
 
