@@ -3,7 +3,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from prune_recover.arch import decoder_blocks, gated_mlps
-from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, collect_activation_stats
+from prune_recover.pruning.calibration import GRAM_PANEL, ActivationRecorder, NeuronStats, collect_activation_stats
 from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.pruner import Pruner
@@ -125,6 +125,22 @@ def test_gram_of_a_bf16_pass_is_a_bf16_product_and_float16_does_not_overflow():
     stats = NeuronStats.zeros(8, large.device, gram=True)
     stats.add(large)
     assert torch.equal(stats.gram, torch.full((8, 8), 262144.0, dtype=torch.float64))
+
+
+def test_gram_wider_than_a_panel_is_the_full_symmetric_product():
+    width = 2 * GRAM_PANEL + 88  # two full panels and a partial one
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(300, width, generator=generator) for _ in range(2)]
+    stats = NeuronStats.zeros(width, torch.device("cpu"), gram=True)
+    for x in batches:
+        stats.add(x)
+    exact = sum(x.double().T @ x.double() for x in batches)
+    assert torch.equal(stats.gram, stats.gram.T)
+    torch.testing.assert_close(stats.gram, exact, rtol=1e-5, atol=1e-3)
+    bf16 = NeuronStats.zeros(width, torch.device("cpu"), gram=True)
+    bf16.add(batches[0].bfloat16())
+    exact = batches[0].bfloat16().double().T @ batches[0].bfloat16().double()
+    assert torch.equal(bf16.gram, bf16.gram.T) and torch.allclose(bf16.gram, exact, rtol=2**-8, atol=1e-1)
 
 
 def test_recorder_hands_the_pass_dtype_to_the_statistics():
