@@ -1,7 +1,9 @@
 """Pruning cost on SmolLM2-135M at 40%: every scorer's pruning step against one forward pass and optipfair's hybrid.
 
-Command (about 30 minutes on a 2-core CPU):
-    python bench/prune_cost.py [--rounds 3]
+Command (about 30 minutes on a 2-core CPU with bfloat16 instructions):
+    python bench/prune_cost.py [--rounds 3] [--only ROW ...] [--section prune_cost]
+ROW is one of `forward` (the reference), the keys of CASES and PEERS; a section other than `prune_cost` keeps
+another machine's table beside this one's.
 Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4, the same for every row and for optipfair
 0.4.2's data-driven hybrid (`pip install --no-deps optipfair==0.4.2`; without it its rows are skipped). Each row is
 timed once per round on a fresh copy of the model, the rows one after another in every round, so that the
@@ -25,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section  # noqa: E402
-from bench.peer import optipfair_installed, optipfair_prune  # noqa: E402
+from bench.peer import INSTALL, optipfair_installed, optipfair_prune  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -42,31 +44,51 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+FORWARD = "one forward pass over the calibration set (reference)"
 OPTIPFAIR = "optipfair hybrid, 40%, float32 (its default)"
 OPTIPFAIR_RECIPE = f"optipfair hybrid, 40%, {RECIPE_PRECISION} calibration pass"
 DEFAULT_RECIPE = f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)"
 OBS = "obs + refit, 40% (issue 12's joint selector), float32"
-# (label, Pruner settings, precision of the calibration pass)
-CASES = [
-    ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False), "float32"),
-    ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False), "float32"),
-    ("activation, 40%, no refit", dict(importance="activation", refit=False), "float32"),
-    ("activation + refit, 40% (the default scorer), float32", dict(importance="activation"), "float32"),
-    ("activation + refit, 40%, layerwise", dict(importance="activation", calibration_mode="layerwise"), "float32"),
-    (OBS, dict(importance="obs"), "float32"),
-    ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False), "float32"),
-    (DEFAULT_RECIPE, {}, RECIPE_PRECISION),
-]
+# key -> (label, Pruner settings, precision of the calibration pass)
+CASES = {
+    "maw": ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False), "float32"),
+    "mk": ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False), "float32"),
+    "activation": ("activation, 40%, no refit", dict(importance="activation", refit=False), "float32"),
+    "refit": ("activation + refit, 40% (the default scorer), float32", dict(importance="activation"), "float32"),
+    "layerwise": (
+        "activation + refit, 40%, layerwise",
+        dict(importance="activation", calibration_mode="layerwise"),
+        "float32",
+    ),
+    "obs": (OBS, dict(importance="obs"), "float32"),
+    "taylor": ("taylor, 40%, no refit (forward + backward)", dict(importance="taylor", refit=False), "float32"),
+    "default": (DEFAULT_RECIPE, {}, RECIPE_PRECISION),
+}
+# key -> (label, precision of optipfair's calibration pass)
+PEERS = {"optipfair": (OPTIPFAIR, "float32"), "optipfair-recipe": (OPTIPFAIR_RECIPE, RECIPE_PRECISION)}
+ROWS = ["forward", *CASES, *PEERS]
 # (numerator, denominator): the comparisons issue 12 asks for
 RATIOS = [(OBS, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR_RECIPE)]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="times each row is measured (the median is shown)")
+    parser.add_argument("--only", nargs="+", choices=ROWS, help="measure only these rows (default: every row)")
+    parser.add_argument("--section", default="prune_cost", help="the docs/BENCHMARKS.md section to write")
     args = parser.parse_args()
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    rows = args.only or ROWS
+    if any(row in PEERS for row in rows) and not optipfair_installed():
+        if args.only:  # asked for by name: stop before the first row rather than after hours of the others
+            raise SystemExit(f"--only names optipfair's rows, which need it installed ({INSTALL})")
+        rows = [row for row in rows if row not in PEERS]
     base, tokenizer = load_model("smollm2-135m")
     data = CausalLMDataModule(tokenizer, wikitext_dir="../shared/data/wikitext-2-raw", calibration={"split": "valid"})
     batches = data.calibration_batches()
@@ -77,8 +99,8 @@ def main() -> None:
             base(input_ids=batch, use_cache=False)
 
     # label -> a function that runs the step once and returns its wall seconds
-    steps = {"one forward pass over the calibration set (reference)": lambda: timed(forward_pass)}
-    for label, settings, precision in CASES:
+    steps = {FORWARD: lambda: timed(forward_pass)} if "forward" in rows else {}
+    for key, (label, settings, precision) in CASES.items():
 
         def prune(settings=settings, precision=precision):
             model = copy.deepcopy(base)
@@ -86,14 +108,15 @@ def main() -> None:
             with forward_precision(precision, model.device):
                 return timed(lambda: pruner.prune(model, batches))
 
-        steps[label] = prune
-    if optipfair_installed():
-        for label, precision in ((OPTIPFAIR, "float32"), (OPTIPFAIR_RECIPE, RECIPE_PRECISION)):
+        if key in rows:
+            steps[label] = prune
+    for key, (label, precision) in PEERS.items():
 
-            def peer(precision=precision):
-                model = copy.deepcopy(base)
-                return timed(lambda: optipfair_prune(model, 0.4, batches, precision))
+        def peer(precision=precision):
+            model = copy.deepcopy(base)
+            return timed(lambda: optipfair_prune(model, 0.4, batches, precision))
 
+        if key in rows:
             steps[label] = peer
     seconds: dict[str, list[float]] = {label: [] for label in steps}
     for round_number in range(args.rounds):
@@ -101,13 +124,25 @@ def main() -> None:
             measured = step()
             seconds[label].append(measured)
             print(round_number, label, round(measured, 2), flush=True)
-    body = markdown(seconds, args.rounds)
-    write_section("prune_cost", body)
+    body = markdown(seconds, command(args))
+    write_section(args.section, body)
     print(body)
 
 
-def markdown(seconds: dict[str, list[float]], rounds: int) -> str:
-    command = COMMAND if rounds == 3 else f"{COMMAND} --rounds {rounds}"
+def command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (the default options left out)."""
+    parts = [COMMAND]
+    if args.rounds != 3:
+        parts.append(f"--rounds {args.rounds}")
+    if args.only:
+        parts.append("--only " + " ".join(args.only))
+    if args.section != "prune_cost":
+        parts.append(f"--section {args.section}")
+    return " ".join(parts)
+
+
+def markdown(seconds: dict[str, list[float]], command: str) -> str:
+    rounds = len(next(iter(seconds.values())))
     lines = [
         "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
         "",

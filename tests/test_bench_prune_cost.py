@@ -1,7 +1,13 @@
 """The pruning-cost table: medians over rounds, and each ratio the median of same-round ratios (not a ratio of
 medians, which would pair timings from different rounds when the machine drifts)."""
 
-from bench.prune_cost import DEFAULT_RECIPE, OBS, OPTIPFAIR, markdown
+import sys
+
+import pytest
+
+from bench import prune_cost
+from bench.markdown import machine
+from bench.prune_cost import COMMAND, DEFAULT_RECIPE, OBS, OPTIPFAIR, markdown
 
 
 def test_ratios_pair_rows_of_the_same_round():
@@ -10,13 +16,39 @@ def test_ratios_pair_rows_of_the_same_round():
         OPTIPFAIR: [10.0, 10.0, 40.0],  # per round 1.0, 3.0, 0.5 -> median 1.0; ratio of medians would be 2.0
         DEFAULT_RECIPE: [5.0, 6.0, 7.0],
     }
-    text = markdown(seconds, rounds=3)
+    text = markdown(seconds, COMMAND)
     assert f"| {OBS} | 20.00 | 10.00-30.00 |" in text
     assert f"| {OBS} / {OPTIPFAIR} | 1.00 |" in text
     assert f"| {DEFAULT_RECIPE} / {OPTIPFAIR} | 0.50 |" in text  # 0.5, 0.6, 0.175
-    assert "--rounds" not in text and "--rounds 5" in markdown(seconds, rounds=5)
+    assert "each of 3 rounds" in text
+
+
+def test_the_printed_command_names_the_options_the_run_was_given(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--rounds", "5", "--only", "default", "optipfair"])
+    args = prune_cost.parse_args()
+    assert prune_cost.command(args) == f"{COMMAND} --rounds 5 --only default optipfair"
+    monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--section", "prune_cost_avx2"])
+    assert prune_cost.command(prune_cost.parse_args()) == f"{COMMAND} --section prune_cost_avx2"
+
+
+def test_naming_optipfairs_rows_without_it_stops_before_the_model_loads(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optipfair", None)  # `import optipfair` raises ImportError, as when absent
+    monkeypatch.setattr(prune_cost, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--only", "default", "optipfair"])
+    with pytest.raises(SystemExit, match="--only names optipfair's rows, which need it installed"):
+        prune_cost.main()
+
+
+def test_the_machine_line_names_the_cpu_and_its_bfloat16_instructions(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx2 amx_bf16\n")
+    line = machine(cpuinfo)
+    assert line.startswith("CPU (Intel(R) Xeon(R) Platinum 8481C, ") and "threads, bfloat16 instructions)" in line
+    cpuinfo.write_text("flags\t\t: avx2 fma\n")
+    line = machine(cpuinfo)
+    assert line.startswith("CPU (unknown model, ") and "threads, no bfloat16 instructions)" in line
 
 
 def test_a_ratio_whose_rows_did_not_run_is_left_out():
-    text = markdown({OBS: [1.0]}, rounds=1)  # optipfair not installed: no ratio table
+    text = markdown({OBS: [1.0]}, COMMAND)  # optipfair not installed: no ratio table
     assert "| ratio (" not in text and f"| {OBS} | 1.00 | 1.00-1.00 |" in text
