@@ -52,6 +52,12 @@ RATIOS = (0.2, 0.4, 0.6)
 LAYER_BY_LAYER = (("activation", "sequential"), ("activation", "carried"), ("obs", "sequential"), ("obs", "carried"))
 # The default recipe's calibration precision on this machine (configs/trainer/cpu.yaml): bfloat16 or float32.
 RECIPE_PRECISION = eval_precision(cpu_precision())
+DEFAULT_RECIPE_METHOD = "activation+refit (default recipe)"
+PEER_METHODS = (
+    "optipfair MAW (= max + abs(min))",
+    "optipfair hybrid (64x512 calib)",
+    "optipfair hybrid (64x512 calib, default recipe precision)",
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"
 COMMAND = "python bench/prune_scorers.py"
 ONLY_SECTION = "prune_scorers_only"
@@ -66,6 +72,9 @@ def main() -> None:
     parser.add_argument("--section", default=ONLY_SECTION, help="with --only: the docs/BENCHMARKS.md section")
     parser.add_argument("--seed", type=int, default=0, help="with --only: the calibration draw's seed")
     args = parser.parse_args()
+    unknown = [name for name in args.only or [] if name not in method_names()]
+    if unknown:
+        raise SystemExit(f"--only: no rows named {unknown}; the rows are {method_names()}")
     if args.only is None and (args.ratios != list(RATIOS) or args.section != ONLY_SECTION or args.seed != 0):
         raise SystemExit(
             f"--ratios, --section and --seed need --only (the full table has the ratios {list(RATIOS)}, seed 0)"
@@ -79,6 +88,7 @@ def main() -> None:
     load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
+        assert key == "unpruned" or key.rsplit("@", 1)[0] in method_names(), f"{key} is missing from method_names()"
         unasked = args.only is not None and key != "unpruned" and key.rsplit("@", 1)[0] not in args.only
         if "code_ppl" in results.get(key, {}) or unasked:  # an entry cached before the code column is measured again
             return
@@ -155,7 +165,7 @@ def main() -> None:
                 Pruner("activation", ratio=ratio).prune(model, batches)
             return measure(model, time.perf_counter() - start)
 
-        record(f"activation+refit (default recipe)@{ratio}", default_recipe)
+        record(f"{DEFAULT_RECIPE_METHOD}@{ratio}", default_recipe)
         for key, compute in optipfair_runs(base, batches, ratio, measure).items():
             record(key, compute)
 
@@ -176,11 +186,22 @@ def optipfair_runs(base, batches, ratio: float, measure) -> dict:
         optipfair_prune(model, ratio, batches, precision)
         return measure(model, time.perf_counter() - start)
 
+    static, hybrid, hybrid_recipe = PEER_METHODS
     return {
-        f"optipfair MAW (= max + abs(min))@{ratio}": lambda: run(None),
-        f"optipfair hybrid (64x512 calib)@{ratio}": lambda: run(batches),
-        f"optipfair hybrid (64x512 calib, default recipe precision)@{ratio}": lambda: run(batches, RECIPE_PRECISION),
+        f"{static}@{ratio}": lambda: run(None),
+        f"{hybrid}@{ratio}": lambda: run(batches),
+        f"{hybrid_recipe}@{ratio}": lambda: run(batches, RECIPE_PRECISION),
     }
+
+
+def method_names() -> list[str]:
+    """Every row of the table by name (what `--only` accepts): each scorer with and without the refit (a joint
+    selector only with it), the layer-by-layer rows, the default recipe's step and optipfair's rows."""
+    names = []
+    for name, scorer in SCORERS.items():
+        names += [f"{name}+refit"] if scorer.select else [name, f"{name}+refit"]
+    names += [f"{importance}+refit ({mode})" for importance, mode in LAYER_BY_LAYER]
+    return [*names, DEFAULT_RECIPE_METHOD, *PEER_METHODS]
 
 
 def markdown(results: dict) -> str:
