@@ -3,7 +3,8 @@
 Command (about 30 minutes on a 2-core CPU with bfloat16 instructions):
     python bench/prune_cost.py [--rounds 3] [--only ROW ...] [--section prune_cost]
 ROW is one of `forward` (the reference), the keys of CASES and PEERS; a section other than `prune_cost` keeps
-another machine's table beside this one's.
+another machine's table beside this one's. The `one-product` row is `refit` with each Gram matrix computed as one
+full product instead of `add_gram`'s panels on and above the diagonal: what the panels save, in the same run.
 Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4, the same for every row and for optipfair
 0.4.2's data-driven hybrid (`pip install --no-deps optipfair==0.4.2`; without it its rows are skipped). Each row is
 timed once per round on a fresh copy of the model, the rows one after another in every round, so that the
@@ -20,6 +21,8 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,11 +34,14 @@ from bench.peer import INSTALL, optipfair_installed, optipfair_prune  # noqa: E4
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
+from prune_recover.pruning import calibration  # noqa: E402
+from prune_recover.pruning.calibration import GRAM_PANEL  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 COMMAND = "python bench/prune_cost.py"
 RECIPE_PRECISION = eval_precision(cpu_precision())
+ONE_PANEL = 1 << 30  # panels wider than any Gram: the full product in one
 
 
 def timed(fn) -> float:
@@ -49,12 +55,15 @@ OPTIPFAIR = "optipfair hybrid, 40%, float32 (its default)"
 OPTIPFAIR_RECIPE = f"optipfair hybrid, 40%, {RECIPE_PRECISION} calibration pass"
 DEFAULT_RECIPE = f"activation + refit, 40%, default recipe ({RECIPE_PRECISION} calibration pass)"
 OBS = "obs + refit, 40% (issue 12's joint selector), float32"
+REFIT = "activation + refit, 40% (the default scorer), float32"
+ONE_PRODUCT = "activation + refit, 40%, float32, the Gram as one product (as before 7b250d2)"
 # key -> (label, Pruner settings, precision of the calibration pass)
 CASES = {
     "maw": ("maw, 40% (weight-only, no refit)", dict(importance="maw", refit=False), "float32"),
     "mk": ("mk, 40% (weight-only, no refit)", dict(importance="mk", refit=False), "float32"),
     "activation": ("activation, 40%, no refit", dict(importance="activation", refit=False), "float32"),
-    "refit": ("activation + refit, 40% (the default scorer), float32", dict(importance="activation"), "float32"),
+    "refit": (REFIT, dict(importance="activation"), "float32"),
+    "one-product": (ONE_PRODUCT, dict(importance="activation"), "float32"),
     "layerwise": (
         "activation + refit, 40%, layerwise",
         dict(importance="activation", calibration_mode="layerwise"),
@@ -69,6 +78,8 @@ PEERS = {"optipfair": (OPTIPFAIR, "float32"), "optipfair-recipe": (OPTIPFAIR_REC
 ROWS = ["forward", *CASES, *PEERS]
 # (numerator, denominator): the comparisons issue 12 asks for
 RATIOS = [(OBS, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR_RECIPE)]
+# and what computing the Gram in panels on and above the diagonal (`add_gram`) saves
+RATIOS += [(REFIT, ONE_PRODUCT), (ONE_PRODUCT, OPTIPFAIR), (REFIT, OPTIPFAIR)]
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,10 +113,10 @@ def main() -> None:
     steps = {FORWARD: lambda: timed(forward_pass)} if "forward" in rows else {}
     for key, (label, settings, precision) in CASES.items():
 
-        def prune(settings=settings, precision=precision):
+        def prune(settings=settings, precision=precision, panel=ONE_PANEL if key == "one-product" else GRAM_PANEL):
             model = copy.deepcopy(base)
             pruner = Pruner(ratio=0.4, **settings)
-            with forward_precision(precision, model.device):
+            with forward_precision(precision, model.device), gram_panels(panel):
                 return timed(lambda: pruner.prune(model, batches))
 
         if key in rows:
@@ -127,6 +138,16 @@ def main() -> None:
     body = markdown(seconds, command(args))
     write_section(args.section, body)
     print(body)
+
+
+@contextmanager
+def gram_panels(columns: int) -> Iterator[None]:
+    """Compute the Gram matrices in panels of `columns` (`calibration.add_gram`): wider than the Gram, one product."""
+    saved, calibration.GRAM_PANEL = calibration.GRAM_PANEL, columns
+    try:
+        yield
+    finally:
+        calibration.GRAM_PANEL = saved
 
 
 def command(args: argparse.Namespace) -> str:

@@ -4,10 +4,13 @@ medians, which would pair timings from different rounds when the machine drifts)
 import sys
 
 import pytest
+import torch
 
 from bench import prune_cost
 from bench.markdown import machine
 from bench.prune_cost import COMMAND, DEFAULT_RECIPE, OBS, OPTIPFAIR, markdown
+from prune_recover.pruning import calibration
+from prune_recover.pruning.calibration import GRAM_PANEL, NeuronStats
 
 
 def test_ratios_pair_rows_of_the_same_round():
@@ -52,3 +55,13 @@ def test_the_machine_line_names_the_cpu_and_its_bfloat16_instructions(tmp_path):
 def test_a_ratio_whose_rows_did_not_run_is_left_out():
     text = markdown({OBS: [1.0]}, COMMAND)  # optipfair not installed: no ratio table
     assert "| ratio (" not in text and f"| {OBS} | 1.00 | 1.00-1.00 |" in text
+
+
+def test_the_one_product_row_computes_the_gram_as_the_full_product_and_restores_the_panels():
+    x = torch.randn(64, 2 * GRAM_PANEL + 8, generator=torch.Generator().manual_seed(0))
+    one, panels = (NeuronStats.zeros(x.shape[1], x.device, gram=True) for _ in range(2))
+    with prune_cost.gram_panels(prune_cost.ONE_PANEL):
+        one.add(x)
+    panels.add(x)
+    assert torch.equal(one.gram, (x.T @ x).double()) and calibration.GRAM_PANEL == GRAM_PANEL
+    torch.testing.assert_close(panels.gram, one.gram, rtol=1e-5, atol=1e-4)
