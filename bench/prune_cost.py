@@ -34,8 +34,7 @@ from bench.peer import INSTALL, optipfair_installed, optipfair_prune  # noqa: E4
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
-from prune_recover.pruning import calibration  # noqa: E402
-from prune_recover.pruning.calibration import GRAM_PANEL  # noqa: E402
+from prune_recover.pruning import gram  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
@@ -113,7 +112,7 @@ def main() -> None:
     steps = {FORWARD: lambda: timed(forward_pass)} if "forward" in rows else {}
     for key, (label, settings, precision) in CASES.items():
 
-        def prune(settings=settings, precision=precision, panel=ONE_PANEL if key == "one-product" else GRAM_PANEL):
+        def prune(settings=settings, precision=precision, panel=ONE_PANEL if key == "one-product" else gram.GRAM_PANEL):
             model = copy.deepcopy(base)
             pruner = Pruner(ratio=0.4, **settings)
             with forward_precision(precision, model.device), gram_panels(panel):
@@ -142,12 +141,12 @@ def main() -> None:
 
 @contextmanager
 def gram_panels(columns: int) -> Iterator[None]:
-    """Compute the Gram matrices in panels of `columns` (`calibration.add_gram`): wider than the Gram, one product."""
-    saved, calibration.GRAM_PANEL = calibration.GRAM_PANEL, columns
+    """Compute the Gram matrices in panels of `columns` (`gram.add_gram`): wider than the Gram, one product."""
+    saved, gram.GRAM_PANEL = gram.GRAM_PANEL, columns
     try:
         yield
     finally:
-        calibration.GRAM_PANEL = saved
+        gram.GRAM_PANEL = saved
 
 
 def command(args: argparse.Namespace) -> str:

@@ -9,8 +9,9 @@ import torch
 from bench import prune_cost
 from bench.markdown import machine
 from bench.prune_cost import COMMAND, DEFAULT_RECIPE, OBS, OPTIPFAIR, markdown
-from prune_recover.pruning import calibration
-from prune_recover.pruning.calibration import GRAM_PANEL, NeuronStats
+from prune_recover.pruning import gram
+from prune_recover.pruning.calibration import NeuronStats
+from prune_recover.pruning.gram import GRAM_PANEL
 
 
 def test_ratios_pair_rows_of_the_same_round():
@@ -63,5 +64,5 @@ def test_the_one_product_row_computes_the_gram_as_the_full_product_and_restores_
     with prune_cost.gram_panels(prune_cost.ONE_PANEL):
         one.add(x)
     panels.add(x)
-    assert torch.equal(one.gram, (x.T @ x).double()) and calibration.GRAM_PANEL == GRAM_PANEL
+    assert torch.equal(one.gram, (x.T @ x).double()) and gram.GRAM_PANEL == GRAM_PANEL
     torch.testing.assert_close(panels.gram, one.gram, rtol=1e-5, atol=1e-4)

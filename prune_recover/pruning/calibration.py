@@ -16,6 +16,7 @@ from torch import nn
 
 from prune_recover.arch import GatedMLP, final_norm, gated_mlps
 from prune_recover.lm import eval_mode, model_device
+from prune_recover.pruning.gram import add_gram
 from prune_recover.pruning.layerwise import forward_until
 
 
@@ -54,9 +55,8 @@ class NeuronStats:
         float64 ones and ranked the neurons the same, while summing in float64 made the bf16 pass about a
         quarter slower. A batch's Gram product is computed in bfloat16 when `x` is bfloat16 (a calibration pass
         under bf16 autocast: its values are bf16 already, the products are exact and accumulate in float32
-        inside the matrix unit, only the batch's sum is rounded to bf16); else float32 (float16 could
-        overflow), by `add_gram` (the blocks on and above the diagonal only). It and the cross term are added
-        to their float64 sums in place, without float64 copies.
+        inside the matrix unit, only the batch's sum is rounded to bf16); else float32 (float16 could overflow);
+        by `add_gram`. It and the cross term are added to their float64 sums in place, without float64 copies.
         """
         self.sum_sq += x.float().square().sum(0)
         self.tokens += x.shape[0]
@@ -78,25 +78,6 @@ class NeuronStats:
             gram=square() if gram else None,
             cross=square() if cross else None,
         )
-
-
-GRAM_PANEL = 256  # columns per panel of `add_gram`; a narrower Gram is one product
-
-
-def add_gram(gram: torch.Tensor, x: torch.Tensor) -> None:
-    """Add `x^T x` to the symmetric `gram` in place, computing only the blocks on and above the diagonal.
-
-    `x` `[tokens, width]` is split into panels of `GRAM_PANEL` columns; panel `i` gives the row band
-    `x_i^T x[:, i:]` and its transpose the column band below the diagonal. This does a little over half the
-    multiply-adds of the full product: on a 2-core CPU, SmolLM2's 2,048 x 1,536 float32 batch took
-    0.55-0.65 of the full product's time, and the Gram was about a third of the default pruning step.
-    """
-    width = x.shape[1]
-    for start in range(0, width, GRAM_PANEL):
-        stop = min(start + GRAM_PANEL, width)
-        band = x[:, start:stop].T @ x[:, start:]
-        gram[start:stop, start:].add_(band)
-        gram[stop:, start:stop].add_(band[:, stop - start :].T)
 
 
 class ActivationRecorder:

@@ -3,7 +3,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from prune_recover.arch import decoder_blocks, gated_mlps
-from prune_recover.pruning.calibration import GRAM_PANEL, ActivationRecorder, NeuronStats, collect_activation_stats
+from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, collect_activation_stats
+from prune_recover.pruning.gram import GRAM_PANEL
 from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.pruner import Pruner
