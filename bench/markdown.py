@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from prune_recover.jobs.configs import cpu_precision
+from prune_recover.jobs.configs import cpu_precision, cpuinfo_field
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 HEADER = (
@@ -25,17 +25,9 @@ def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
         device = torch.cuda.get_device_name()
     else:
         bf16 = "bfloat16 instructions" if cpu_precision(cpuinfo) == "bf16-mixed" else "no bfloat16 instructions"
-        device = f"CPU ({cpu_model(cpuinfo)}, {torch.get_num_threads()} threads, {bf16})"
+        model = cpuinfo_field("model name", cpuinfo) or "unknown model"
+        device = f"CPU ({model}, {torch.get_num_threads()} threads, {bf16})"
     return f"{device}, torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The `model name` line of /proc/cpuinfo, or `unknown model` where there is none."""
-    path = Path(cpuinfo)
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown model"
 
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:

@@ -32,13 +32,17 @@ def stdlib() -> str:
 def cpu_precision(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """`bf16-mixed` on a CPU with bfloat16 instructions (AVX512-BF16 or AMX), where it trains ~3x faster
     than float32; `32-true` elsewhere (without them bf16 autocast is slower than float32)."""
-    flags = set()
-    if Path(cpuinfo).is_file():
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
+    flags = set((cpuinfo_field("flags", cpuinfo) or "").split())
     return "bf16-mixed" if flags & {"avx512_bf16", "amx_bf16"} else "32-true"
+
+
+def cpuinfo_field(name: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The value of the first `name` line of /proc/cpuinfo (the first CPU's), or None where there is none."""
+    path = Path(cpuinfo)
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
+    return None
 
 
 def eval_precision(trainer_precision: str) -> str:

@@ -1,4 +1,4 @@
-"""The Gram matrix `x^T x` of a batch of down_proj inputs, added to a running sum at half the multiply-adds."""
+"""The Gram matrix `x^T x` of a batch of down_proj inputs, added to a running sum at about half the multiply-adds."""
 
 from __future__ import annotations
 
