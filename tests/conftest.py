@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# Set before anything imports huggingface_hub or datasets: both read these once, when first imported. (A fixture's
+# setenv came too late: in-process tests reached for the hub, 20+ s of retries per lookup, and lm-eval's datasets
+# wrote into the user's ~/.cache/huggingface/datasets.) Subprocesses inherit them.
+DATASETS_CACHE = Path(tempfile.mkdtemp(prefix="prune-recover-tests-datasets-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_CACHE"] = str(DATASETS_CACHE)
 
-from prune_recover.tiny_models import byte_tokenizer, tiny_random
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from prune_recover.tiny_models import byte_tokenizer, tiny_random  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT2_DIR = Path(os.environ.get("PRUNE_RECOVER_WIKITEXT2", REPO.parent / "shared" / "data" / "wikitext-2-raw"))
@@ -16,13 +26,18 @@ WIKITEXT2_DIR = Path(os.environ.get("PRUNE_RECOVER_WIKITEXT2", REPO.parent / "sh
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path_factory):
-    """Offline, W&B offline, and a per-session cache so tests never touch the user's files."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    """W&B offline and a per-session cache, so tests never touch the user's files (the hub and datasets are offline,
+    with their own cache, from the top of this file)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     if "PRUNE_RECOVER_CACHE" not in os.environ:
         monkeypatch.setenv("PRUNE_RECOVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "datasets"))
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _datasets_cache_removed():
+    yield
+    shutil.rmtree(DATASETS_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

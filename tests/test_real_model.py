@@ -31,11 +31,10 @@ def test_maw_40_percent_keeps_the_formula_neurons_and_the_published_count():
         assert model(tokens).logits.isfinite().all()
 
 
-def test_smollm2_beats_chance_on_the_local_cloze_task(wikitext_dir, monkeypatch):
+def test_smollm2_beats_chance_on_the_local_cloze_task(wikitext_dir):
     pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
     from prune_recover.evaluation.tasks import build_task_evaluator
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_model("smollm2-135m")
     test_file = wikitext_dir / "wiki.test.raw"
     scores = build_task_evaluator(tokenizer, ["wikitext2_cloze"], wikitext_test=test_file, limit=40)(model)["tasks"]

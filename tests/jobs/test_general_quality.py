@@ -21,11 +21,6 @@ pytest.importorskip("lm_eval", reason='zero-shot tasks need pip install -e ".[ev
 TWO_DOMAINS = ["data=wikitext2_code", "eval=wikitext2_code", "eval.seq_lens=[64]", "eval.max_windows=2"]
 
 
-@pytest.fixture(autouse=True)
-def _offline_datasets(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-
 def two_domain_overrides(wikitext_dir, out) -> list[str]:
     return tiny_overrides(wikitext_dir, out) + TWO_DOMAINS + [f"data.wikitext_dir={wikitext_dir}", "logger=wandb"]
 

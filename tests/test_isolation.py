@@ -1,0 +1,17 @@
+"""The suite runs offline and writes nothing into the user's caches, in process as in its subprocesses."""
+
+from pathlib import Path
+
+import datasets.config
+import huggingface_hub.constants
+
+from tests.conftest import DATASETS_CACHE
+
+
+def test_the_hub_and_datasets_are_offline_inside_the_test_process():
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
+    assert datasets.config.HF_DATASETS_OFFLINE
+
+
+def test_datasets_cache_into_the_sessions_own_folder():
+    assert Path(datasets.config.HF_DATASETS_CACHE) == DATASETS_CACHE
