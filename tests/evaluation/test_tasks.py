@@ -1,6 +1,7 @@
 """lm-eval on the in-memory model, offline: the zero-shot suite (prompts identical to lm-eval's own tasks) and
 the local WikiText-2 tasks."""
 
+import functools
 import json
 
 import pytest
@@ -20,11 +21,6 @@ from tests.conftest import REPO
 lm_eval = pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
 ZEROSHOT_DIR = REPO.parent / "shared" / "data" / "zero-shot"
 LABELS = "ABCDE"
-
-
-@pytest.fixture(autouse=True)
-def _offline_datasets(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
 def as_lm_eval_doc(task: str, item: dict) -> dict:
@@ -60,13 +56,20 @@ def as_lm_eval_doc(task: str, item: dict) -> dict:
     return {"text": item["context"] + " " + item["continuation"]}
 
 
+@functools.cache
+def lm_eval_task_index() -> dict:
+    """lm-eval's index of its own tasks (16 s to read), read once for the module's tests."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager().task_index
+
+
 def lm_eval_builtin(task: str, docs: list[dict], tmp_path):
     """lm-eval's own task `task` (its YAML, templates and metrics), reading `docs` from a local file."""
     from lm_eval.api.task import ConfigurableTask
-    from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    config = load_yaml(TaskManager().task_index[task].yaml_path)
+    config = load_yaml(lm_eval_task_index()[task].yaml_path)
     data = tmp_path / f"{task}.jsonl"
     data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
     config.update(
@@ -97,6 +100,15 @@ def test_each_zeroshot_task_renders_two_items_exactly_as_lm_evals_own_task(task,
         assert rendered(ours, item) == rendered(builtin, doc)
     assert ours.OUTPUT_TYPE == builtin.OUTPUT_TYPE
     assert [m["metric"] for m in ours.config.metric_list] == [m["metric"] for m in builtin.config.metric_list]
+
+
+def test_local_tasks_resolve_without_lm_evals_own_index_and_its_own_tasks_still_resolve():
+    include = [zeroshot_include_path(ZEROSHOT_DIR)]
+    local = TaskEvaluator(None, ["zeroshot", "boolq"], include).task_manager()
+    assert "zeroshot_boolq" in local.all_tasks and "boolq" not in local.all_tasks  # lm-eval's boolq not indexed
+    mixed = TaskEvaluator(None, ["boolq", "hellaswag"], include)
+    assert {"zeroshot_boolq", "hellaswag"} <= set(mixed.task_manager().all_tasks)
+    assert mixed.task_manager() is mixed.task_manager()  # the index is read once per evaluator
 
 
 def test_the_zeroshot_group_runs_every_task_with_stderr_counts_and_average():
