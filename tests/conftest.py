@@ -9,8 +9,12 @@ from pathlib import Path
 
 # Set before anything imports huggingface_hub or datasets: both read these once, when first imported. (A fixture's
 # setenv came too late: in-process tests reached for the hub, 20+ s of retries per lookup, and lm-eval's datasets
-# wrote into the user's ~/.cache/huggingface/datasets.) Subprocesses inherit them.
-DATASETS_CACHE = Path(tempfile.mkdtemp(prefix="prune-recover-tests-datasets-"))
+# wrote into the user's ~/.cache/huggingface/datasets.) Subprocesses inherit them, and a worker that imports this
+# file reuses the test process's cache folder instead of leaving one of its own behind.
+_CACHE_MADE_HERE = "PRUNE_RECOVER_TESTS_DATASETS_CACHE" not in os.environ
+if _CACHE_MADE_HERE:
+    os.environ["PRUNE_RECOVER_TESTS_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="prune-recover-tests-datasets-")
+DATASETS_CACHE = Path(os.environ["PRUNE_RECOVER_TESTS_DATASETS_CACHE"])
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_CACHE"] = str(DATASETS_CACHE)
@@ -37,7 +41,8 @@ def _isolated(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def _datasets_cache_removed():
     yield
-    shutil.rmtree(DATASETS_CACHE, ignore_errors=True)
+    if _CACHE_MADE_HERE:
+        shutil.rmtree(DATASETS_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

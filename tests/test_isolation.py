@@ -1,11 +1,13 @@
 """The suite runs offline and writes nothing into the user's caches, in process as in its subprocesses."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets.config
 import huggingface_hub.constants
 
-from tests.conftest import DATASETS_CACHE
+from tests.conftest import DATASETS_CACHE, REPO
 
 
 def test_the_hub_and_datasets_are_offline_inside_the_test_process():
@@ -15,3 +17,9 @@ def test_the_hub_and_datasets_are_offline_inside_the_test_process():
 
 def test_datasets_cache_into_the_sessions_own_folder():
     assert Path(datasets.config.HF_DATASETS_CACHE) == DATASETS_CACHE
+
+
+def test_a_worker_that_imports_the_conftest_uses_the_same_folder_and_leaves_none_behind():
+    shown = "from tests.conftest import DATASETS_CACHE; print(DATASETS_CACHE)"
+    out = subprocess.run([sys.executable, "-c", shown], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(DATASETS_CACHE)
