@@ -23,13 +23,16 @@ from tests.test_train_cli import tiny_overrides
 from tests.training.test_distributed import fake_slurm_env
 
 REPO = Path(__file__).resolve().parents[1]
+# Long enough that a run signalled right after its first checkpoint (step 5) is still training (the kill lands
+# within a few steps of it), short enough that the resumed run finishes quickly.
+STEPS = 120
 
 
 def slow_run_overrides(wikitext_dir, out) -> list[str]:
     """A tiny run long enough to be interrupted: checkpoints every 5 steps, pruning at step 0."""
     return tiny_overrides(wikitext_dir, out) + [
         "logger=csv",
-        "trainer.max_steps=300",
+        f"trainer.max_steps={STEPS}",
         "trainer.val_check_interval=1000",
         "data.block_size=256",
         "data.batch_size=8",
@@ -87,7 +90,7 @@ def test_sigusr1_writes_a_checkpoint_requeues_and_the_requeued_job_resumes_prune
     assert "Pruning event" not in stderr  # the schedule continued; nothing was pruned twice
     report = json.loads((out / "pruning_report.json").read_text())
     assert [e["step"] for e in report["events"]] == [0]
-    assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == 300
+    assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == STEPS
 
 
 def test_sigterm_checkpoints_at_a_step_boundary_and_exits_143_without_exporting(wikitext_dir, tmp_path):
@@ -99,7 +102,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_exits_143_without_exporting(
     assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]  # a scheduler never sees success
     assert "stopped by SIGTERM after step" in stderr and "resume with ckpt_path=last" in stderr
     saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert 0 < saved["global_step"] < 300 and saved["hf_config"]["intermediate_size"] == 77
+    assert 0 < saved["global_step"] < STEPS and saved["hf_config"]["intermediate_size"] == 77
     assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
 
 
@@ -116,8 +119,8 @@ def test_sigkill_resumes_from_the_last_checkpoint_with_pruned_shapes(wikitext_di
     stderr = finish(second)
     assert "Restoring states from the checkpoint" in stderr and "Pruning event" not in stderr
     report = json.loads((out / "pruning_report.json").read_text())
-    assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == 300
-    assert report["recovery"]["tokens_seen"] == 300 * 8 * 256 and step > 0
+    assert report["final"]["intermediate_size"] == 77 and report["recovery"]["steps"] == STEPS
+    assert report["recovery"]["tokens_seen"] == STEPS * 8 * 256 and step > 0
 
 
 class Diverge(L.Callback):
