@@ -15,6 +15,7 @@ LLM-Pruner and Shortened LLaMA report them).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -74,6 +75,16 @@ def task_average(results: dict[str, dict]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+@functools.lru_cache(maxsize=8)
+def manager_with_lm_evals_own_tasks(include_path: tuple[str, ...] = ()):
+    """lm-eval's TaskManager over its own tasks and `include_path`, built once per process and include paths (a
+    session that scores several models on lm-eval's own tasks reads their index once). The manager is not changed
+    by loading tasks: each load builds new task objects from the YAMLs."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_path) or None)
+
+
 @dataclass
 class TaskEvaluator:
     """Runs lm-eval tasks on a model object.
@@ -98,7 +109,8 @@ class TaskEvaluator:
         """lm-eval's TaskManager with the include paths; raises for a task name it does not know.
 
         lm-eval's own task index (about 15,000 YAMLs, 16 s on a 2-core CPU) is read only when a name is not one of
-        the include paths' tasks; the manager is built once per evaluator.
+        the include paths' tasks, and then once per process (`manager_with_lm_evals_own_tasks`); the manager is
+        built once per evaluator.
         """
         if self._manager is not None:
             return self._manager
@@ -106,10 +118,10 @@ class TaskEvaluator:
             from lm_eval.tasks import TaskManager
         except ImportError as error:
             raise ImportError('lm-eval tasks need the optional extra: pip install -e ".[eval]"') from error
-        include_path = [str(p) for p in self.include_paths] or None
-        manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+        include_path = tuple(str(p) for p in self.include_paths)
+        manager = TaskManager(include_path=list(include_path), include_defaults=False) if include_path else None
         if manager is None or not set(self.lm_eval_names()) <= set(manager.all_tasks):
-            manager = TaskManager(include_path=include_path)  # lm-eval's own tasks as well
+            manager = manager_with_lm_evals_own_tasks(include_path)
         known = set(manager.all_tasks)
         unknown = [name for name in self.lm_eval_names() if name not in known]
         if unknown:

@@ -1,7 +1,6 @@
 """lm-eval on the in-memory model, offline: the zero-shot suite (prompts identical to lm-eval's own tasks) and
 the local WikiText-2 tasks."""
 
-import functools
 import json
 
 import pytest
@@ -12,6 +11,7 @@ from prune_recover.evaluation.tasks import (
     ZEROSHOT_TASKS,
     TaskEvaluator,
     build_task_evaluator,
+    manager_with_lm_evals_own_tasks,
     zeroshot_include_path,
 )
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
@@ -56,20 +56,13 @@ def as_lm_eval_doc(task: str, item: dict) -> dict:
     return {"text": item["context"] + " " + item["continuation"]}
 
 
-@functools.cache
-def lm_eval_task_index() -> dict:
-    """lm-eval's index of its own tasks (16 s to read), read once for the module's tests."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager().task_index
-
-
 def lm_eval_builtin(task: str, docs: list[dict], tmp_path):
     """lm-eval's own task `task` (its YAML, templates and metrics), reading `docs` from a local file."""
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    config = load_yaml(lm_eval_task_index()[task].yaml_path)
+    include = (str(zeroshot_include_path(ZEROSHOT_DIR)),)  # the include paths the other tests' managers have
+    config = load_yaml(manager_with_lm_evals_own_tasks(include).task_index[task].yaml_path)
     data = tmp_path / f"{task}.jsonl"
     data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
     config.update(
@@ -109,6 +102,8 @@ def test_local_tasks_resolve_without_lm_evals_own_index_and_its_own_tasks_still_
     mixed = TaskEvaluator(None, ["boolq", "hellaswag"], include)
     assert {"zeroshot_boolq", "hellaswag"} <= set(mixed.task_manager().all_tasks)
     assert mixed.task_manager() is mixed.task_manager()  # the index is read once per evaluator
+    again = TaskEvaluator(None, ["boolq", "hellaswag"], include).task_manager()
+    assert again is mixed.task_manager()  # and once per process for the same include paths
 
 
 def test_the_zeroshot_group_runs_every_task_with_stderr_counts_and_average():
