@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import datasets.config
@@ -20,6 +21,11 @@ def test_datasets_cache_into_the_sessions_own_folder():
 
 
 def test_a_worker_that_imports_the_conftest_uses_the_same_folder_and_leaves_none_behind():
+    def folders() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("prune-recover-tests-datasets-*"))
+
+    before = folders()
     shown = "from tests.conftest import DATASETS_CACHE; print(DATASETS_CACHE)"
     out = subprocess.run([sys.executable, "-c", shown], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(DATASETS_CACHE)
+    assert folders() == before
