@@ -118,12 +118,13 @@ class TaskEvaluator:
             from lm_eval.tasks import TaskManager
         except ImportError as error:
             raise ImportError('lm-eval tasks need the optional extra: pip install -e ".[eval]"') from error
+        names = self.lm_eval_names()
         include_path = tuple(str(p) for p in self.include_paths)
         manager = TaskManager(include_path=list(include_path), include_defaults=False) if include_path else None
-        if manager is None or not set(self.lm_eval_names()) <= set(manager.all_tasks):
+        if manager is None or not set(names) <= set(manager.all_tasks):
             manager = manager_with_lm_evals_own_tasks(include_path)
         known = set(manager.all_tasks)
-        unknown = [name for name in self.lm_eval_names() if name not in known]
+        unknown = [name for name in names if name not in known]
         if unknown:
             local = [ZEROSHOT_GROUP, *ZEROSHOT_TASKS, *LOCAL_TASKS]
             raise ValueError(
