@@ -16,6 +16,9 @@ optipfair is optional (`pip install --no-deps optipfair==0.4.2`); without it its
 measures only the named methods, all in one fresh run (so their costs are comparable side by side), and writes
 them to a section of their own (`prune_scorers_only`, or `--section NAME`), leaving the full table as it is;
 `--ratios 0.4` limits such a run to the ratios named, `--seed 1` draws its calibration windows with another seed.
+`--zero-shot 100` also scores every row on the zero-shot suite (ARC-e, ARC-c, PIQA, WinoGrande, BoolQ, OpenBookQA,
+LAMBADA; the first 100 items of each, about 2 min a row on a 2-core CPU) and gives its average beside the two
+perplexities.
 
 `(default recipe)` is the default job's pruning step as it runs there: `Pruner` (activation + refit, one-shot)
 with its calibration pass in the trainer's precision (bf16 autocast on a CPU with bfloat16 instructions, float32
@@ -35,8 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.domains import perplexity_by_domain, protocol_evaluator  # noqa: E402
-from bench.markdown import machine, write_section  # noqa: E402
+from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 from bench.peer import optipfair_installed, optipfair_prune  # noqa: E402
+from prune_recover.evaluation.tasks import ZEROSHOT_TASKS, build_task_evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -61,6 +65,11 @@ PEER_METHODS = (
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_scorers.json"
 COMMAND = "python bench/prune_scorers.py"
 ONLY_SECTION = "prune_scorers_only"
+ZEROSHOT_NOTE = (
+    " / the zero-shot suite's average (the headline metric of ARC-e, ARC-c, PIQA, WinoGrande, BoolQ, OpenBookQA "
+    "and LAMBADA on their first {items} items each, as in the general-quality table; its standard error is about "
+    "0.02 at 100 items)"
+)
 
 
 def main() -> None:
@@ -71,6 +80,10 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="with --only: these ratios")
     parser.add_argument("--section", default=ONLY_SECTION, help="with --only: the docs/BENCHMARKS.md section")
     parser.add_argument("--seed", type=int, default=0, help="with --only: the calibration draw's seed")
+    parser.add_argument(
+        "--zero-shot", type=int, default=None, metavar="ITEMS", help="also the zero-shot suite, ITEMS per task"
+    )
+    parser.add_argument("--zeroshot-dir", default="../shared/data/zero-shot")
     args = parser.parse_args()
     unknown = [name for name in args.only or [] if name not in method_names()]
     if unknown:
@@ -79,18 +92,30 @@ def main() -> None:
         raise SystemExit(
             f"--ratios, --section and --seed need --only (the full table has the ratios {list(RATIOS)}, seed 0)"
         )
+    # Before the model loads: a missing suite file or a bad item count stops the run here.
+    zeroshot = None
+    if args.zero_shot is not None:
+        if args.zero_shot < 1:
+            raise SystemExit(f"--zero-shot: a positive number of items per task, got {args.zero_shot}")
+        try:
+            zeroshot = build_task_evaluator(None, ["zeroshot"], args.zeroshot_dir, limit=args.zero_shot)
+        except FileNotFoundError as error:
+            raise SystemExit(f"--zeroshot-dir: {error}") from error
     results_file = RESULTS if args.only is None else RESULTS.with_name("prune_scorers_only.json")
     fresh = args.fresh or args.only is not None or not results_file.exists()
     results = {} if fresh else json.loads(results_file.read_text())
     if args.only is not None:
         results["only"], results["ratios"], results["section"] = args.only, args.ratios, args.section
         results["seed"] = args.seed
+    results["zero_shot"] = args.zero_shot
     load_before = round(os.getloadavg()[0], 2)
 
     def record(key: str, compute) -> None:
         assert key == "unpruned" or key.rsplit("@", 1)[0] in method_names(), f"{key} is missing from method_names()"
         unasked = args.only is not None and key != "unpruned" and key.rsplit("@", 1)[0] not in args.only
-        if "code_ppl" in results.get(key, {}) or unasked:  # an entry cached before the code column is measured again
+        cached = results.get(key, {})
+        # an entry cached before the code column (or without the zero-shot suite, when asked) is measured again
+        if ("code_ppl" in cached and (zeroshot is None or cached.get("zero_shot_items") == args.zero_shot)) or unasked:
             return
         results[key] = compute()
         print(key, results[key], flush=True)
@@ -98,6 +123,8 @@ def main() -> None:
         results_file.write_text(json.dumps(results, indent=1))
 
     base, tokenizer = load_model("smollm2-135m")
+    if zeroshot is not None:
+        zeroshot.tokenizer = tokenizer
     calibration = {"split": "valid", "num_samples": 64, "seq_len": 512, "batch_size": 4, "seed": args.seed}
     data = CausalLMDataModule(tokenizer, wikitext_dir=args.wikitext_dir, calibration=calibration)
     evaluator = protocol_evaluator(tokenizer, args.wikitext_dir)
@@ -106,12 +133,15 @@ def main() -> None:
 
     def measure(model, seconds: float) -> dict:
         ppl = perplexity_by_domain(evaluator, model)
-        return {
+        entry = {
             "ppl": ppl["wikitext2"],
             "code_ppl": ppl["code"],
             "params": count_parameters(model),
             "prune_seconds": round(seconds, 2),
         }
+        if zeroshot is not None:
+            entry["zeroshot"], entry["zero_shot_items"] = zeroshot(model), args.zero_shot
+        return entry
 
     record("unpruned", lambda: measure(base, 0.0))
     stats, stats_seconds = None, {}
@@ -214,6 +244,9 @@ def markdown(results: dict) -> str:
         command += f" --section {results['section']}"
     if results.get("seed", 0) != 0:
         command += f" --seed {results['seed']}"
+    items = results.get("zero_shot")
+    if items is not None:
+        command += f" --zero-shot {items}"
     lines = [
         "## Importance scorers on SmolLM2-135M (one-shot MLP width pruning, no recovery)"
         + ("" if only is None else ": selected rows, measured side by side in one run"),
@@ -227,7 +260,7 @@ def markdown(results: dict) -> str:
         "first 16 non-overlapping windows. Calibration for every data-driven row (ours and optipfair's hybrid): "
         f"64 windows x 512 tokens from `wiki.valid.raw` (seed {results.get('seed', 0)}). `+refit` = least-squares "
         "refit of the kept `down_proj` columns on the same calibration activations (ridge 1e-4). Columns give the "
-        "two perplexities and, "
+        f"two perplexities{ZEROSHOT_NOTE.format(items=items) if items is not None else ''} and, "
         "in brackets, the pruning cost in seconds including the statistics pass (one pass serves all one-shot "
         "rows here; each row's cost counts it in full). `(sequential)` / `(carried)` rows calibrate layer by layer "
         "on the already-pruned prefix (`pruning.calibration_mode`), `carried` refitting every layer to the unpruned "
@@ -236,8 +269,9 @@ def markdown(results: dict) -> str:
         "`1536 - int(ratio * 1536)` neurons (615 at 60%, we keep 614), hence "
         "slightly more parameters in its 60% row.",
         "",
-        f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}** / code **{results['unpruned']['code_ppl']:.2f}**, "
-        f"{results['unpruned']['params']:,} parameters.",
+        f"Unpruned: ppl **{results['unpruned']['ppl']:.2f}** / code **{results['unpruned']['code_ppl']:.2f}**"
+        + (f" / zero-shot **{results['unpruned']['zeroshot']['average']:.3f}**" if items is not None else "")
+        + f", {results['unpruned']['params']:,} parameters.",
         "",
         "| method | " + " | ".join(f"{int(r * 100)}% pruned" for r in ratios) + " |",
         "| --- | " + " | ".join("---" for _ in ratios) + " |",
@@ -250,11 +284,29 @@ def markdown(results: dict) -> str:
                 cells.append("n/a")
                 continue
             code = f"{entry['code_ppl']:.2f}" if "code_ppl" in entry else "n/a"  # a row cached before the column
-            cells.append(f"{entry['ppl']:.2f} / {code} ({entry['prune_seconds']:.1f} s)")
+            average = f" / {entry['zeroshot']['average']:.3f}" if items is not None else ""
+            cells.append(f"{entry['ppl']:.2f} / {code}{average} ({entry['prune_seconds']:.1f} s)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     params = {r: next((results[f"{m}@{r}"]["params"] for m in methods if f"{m}@{r}" in results), None) for r in ratios}
     lines += ["", "Parameters after pruning: " + ", ".join(f"{int(r * 100)}%: {p:,}" for r, p in params.items() if p)]
+    if items is not None:
+        lines += ["", *zeroshot_table(results, methods, ratios)]
     return "\n".join(lines)
+
+
+def zeroshot_table(results: dict, methods: list[str], ratios) -> list[str]:
+    """Every row's zero-shot tasks (headline metric ± standard error), the unpruned model first."""
+    lines = [
+        "| model | " + " | ".join(ZEROSHOT_TASKS) + " | average |",
+        "| --- | " + " | ".join("---" for _ in range(len(ZEROSHOT_TASKS) + 1)) + " |",
+    ]
+    keys = ["unpruned"] + [f"{m}@{r}" for r in ratios for m in methods if f"{m}@{r}" in results]
+    for key in keys:
+        method, _, ratio = key.partition("@")
+        name = method if not ratio else f"{method}, {int(float(ratio) * 100)}%"
+        result = results[key]["zeroshot"]
+        lines.append(f"| {name} | " + " | ".join(zeroshot_cells(result)) + f" | **{result['average']:.3f}** |")
+    return lines
 
 
 def _method_order(method: str) -> tuple:
