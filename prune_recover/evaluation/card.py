@@ -11,7 +11,7 @@ from __future__ import annotations
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from prune_recover.evaluation.tasks import HEADLINE
+from prune_recover.evaluation.tasks import headline_metric
 
 TAGS = ["pruned", "structured-pruning", "prune_recover"]
 
@@ -107,7 +107,7 @@ def _tasks(report: dict) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for task, scores in final.items():
-        metric = HEADLINE.get(task, "acc")
+        metric = headline_metric(task, scores)
         before = base.get(task, {}).get(metric)
         stderr = scores.get(f"{metric}_stderr")
         lines.append(

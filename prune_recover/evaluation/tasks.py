@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
-from prune_recover.files import cache_root
+from prune_recover.files import cache_root, write_bytes_atomic
 from prune_recover.lm import eval_mode, model_device
 
 ZEROSHOT_GROUP = "zeroshot"
@@ -65,8 +66,30 @@ def zeroshot_include_path(data_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for template in templates.iterdir():
         if template.name.endswith(".yaml"):
-            (out / template.name).write_text(template.read_text().replace("__ZEROSHOT_DIR__", str(folder)))
+            text = template.read_text().replace("__ZEROSHOT_DIR__", str(folder)).encode()
+            # whole or not at all: lm-eval reads these while another process (a DDP rank) may be writing them
+            write_bytes_atomic(out / template.name, lambda file, text=text: file.write(text))
     return out
+
+
+def headline_metric(task: str, scores: dict) -> str:
+    """The metric a table shows for `task`: the suite's headline, else `acc`, else the first metric it has
+    (lm-eval's own tasks may have none named `acc`: word_perplexity, exact_match...)."""
+    if task in HEADLINE:
+        return HEADLINE[task]
+    metrics = [name for name in scores if name != "items" and not name.endswith("_stderr")]
+    return "acc" if "acc" in metrics else (metrics[0] if metrics else "acc")
+
+
+def metric_name(key: str) -> str:
+    """lm-eval's `metric,filter` key as a metric name: the filter kept unless it is `none`, so that one task's
+    metrics under several filters (gsm8k's `strict-match` and `flexible-extract`) do not overwrite each other."""
+    metric, _, filter_name = key.partition(",")
+    if filter_name in ("", "none"):
+        return metric
+    if metric.endswith("_stderr"):
+        return f"{metric.removesuffix('_stderr')}/{filter_name}_stderr"
+    return f"{metric}/{filter_name}"
 
 
 def task_average(results: dict[str, dict]) -> float | None:
@@ -143,12 +166,21 @@ class TaskEvaluator:
         from lm_eval.models.huggingface import HFLM
 
         manager = self.task_manager()
+        device = model_device(model)
+        # lm-eval runs every forward under its own autocast, off unless told a dtype, which switches off the
+        # caller's (Evaluator.summary's eval.precision): hand it the caller's, with the softmax kept in float32.
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         # lm-eval bootstraps some standard errors (LAMBADA's perplexity) in a forked process pool, which deadlocks
         # in a process that already runs torch and W&B threads: bootstrap in this process instead, 1000 draws.
         os.environ.setdefault("DISABLE_MULTIPROC", "1")
         with eval_mode(model):
             lm = HFLM(
-                pretrained=model, tokenizer=self.tokenizer, device=str(model_device(model)), batch_size=self.batch_size
+                pretrained=model,
+                tokenizer=self.tokenizer,
+                device=str(device),
+                batch_size=self.batch_size,
+                mixed_precision_dtype=autocast,
+                softmax_dtype=torch.float32 if autocast is not None else None,
             )
             output = simple_evaluate(
                 model=lm,
@@ -160,9 +192,9 @@ class TaskEvaluator:
             )
         results = {}
         for name, metrics in output["results"].items():
-            if name == ZEROSHOT_GROUP or not any(isinstance(v, float) for v in metrics.values()):
-                continue  # a group's own row holds no scores
-            scores = {key.split(",")[0]: value for key, value in metrics.items() if isinstance(value, float)}
+            if name not in output["n-samples"]:
+                continue  # a group's own row (its tasks have their own rows; the suite's average is task_average)
+            scores = {metric_name(key): value for key, value in metrics.items() if isinstance(value, float)}
             scores["items"] = output["n-samples"][name]["effective"]
             results[name.removeprefix(PREFIX)] = scores
         return {"tasks": results, "average": task_average(results)}

@@ -4,20 +4,25 @@
   (3 distractors are 10-word spans of paragraphs from other articles). Chance: 25%.
 - `wikitext2_title`: a paragraph's first 40 words; choose the title of its article among 4. Chance: 25%.
 
-The items and their task YAMLs are written once into the cache; `build_local_tasks` returns the folder
-to hand lm-eval as an include path.
+The items and their task YAMLs are written once into the cache, under a key of the test file's path, size and
+modification time, the item count, the seed and `FORMAT`; `build_local_tasks` returns the folder to hand lm-eval
+as an include path. Choices carry no leading space: lm-eval joins context and choice with its `target_delimiter`,
+a space (with one of their own, every request held two).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
 from pathlib import Path
 
-from prune_recover.files import cache_root
+from prune_recover.files import cache_root, write_bytes_atomic
 
 LOCAL_TASKS = ("wikitext2_cloze", "wikitext2_title")
+# Bumped when the items or YAMLs change, so that a cache written by older code is not read as current.
+FORMAT = 2
 _TITLE = re.compile(r"^ = ([^=].*?) = $")
 
 _TASK_YAML = """task: {name}
@@ -57,7 +62,10 @@ def build_local_tasks(wikitext_test: str | Path, num_items: int = 200, seed: int
     source = Path(wikitext_test)
     if not source.is_file():
         raise FileNotFoundError(f"WikiText-2 test file not found: {source}")
-    folder = cache_root() / "lm_eval_tasks" / f"{source.stat().st_size}-{num_items}-{seed}"
+    stat = source.stat()
+    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
+    key = f"v{FORMAT}-{where}-{stat.st_size}-{stat.st_mtime_ns}-{num_items}-{seed}"
+    folder = cache_root() / "lm_eval_tasks" / key
     if all((folder / f"{name}.yaml").is_file() for name in LOCAL_TASKS):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,23 +83,21 @@ def build_local_tasks(wikitext_test: str | Path, num_items: int = 200, seed: int
         for _, other_paragraphs in others:
             other = rng.choice(other_paragraphs)
             start = rng.randrange(0, len(other) - 10)
-            distractor_spans.append(" " + " ".join(other[start : start + 10]))
-        items["wikitext2_cloze"].append(
-            _item(" ".join(words[:30]), " " + " ".join(words[30:40]), distractor_spans, rng)
-        )
-        items["wikitext2_title"].append(
-            _item(
-                " ".join(words[:40]) + "\nThis passage is from the article titled:",
-                " " + title,
-                [" " + t for t, _ in others],
-                rng,
-            )
-        )
+            distractor_spans.append(" ".join(other[start : start + 10]))
+        items["wikitext2_cloze"].append(_item(" ".join(words[:30]), " ".join(words[30:40]), distractor_spans, rng))
+        passage = " ".join(words[:40]) + "\nThis passage is from the article titled:"
+        items["wikitext2_title"].append(_item(passage, title, [t for t, _ in others], rng))
+    # Each file whole or absent (ranks of a DDP job build the same folder at once); the YAMLs, which the check
+    # above looks for, after their data.
     for name, rows in items.items():
         data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        (folder / f"{name}.yaml").write_text(_TASK_YAML.format(name=name, data=json.dumps(str(data))))
+        _write_text(data, "".join(json.dumps(row) + "\n" for row in rows))
+        _write_text(folder / f"{name}.yaml", _TASK_YAML.format(name=name, data=json.dumps(str(data))))
     return folder
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_bytes_atomic(path, lambda file: file.write(text.encode()))
 
 
 def _item(context: str, answer: str, distractors: list[str], rng: random.Random) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from prune_recover.evaluation.tasks import HEADLINE
+from prune_recover.evaluation.tasks import headline_metric
 from prune_recover.files import write_json_atomic
 from prune_recover.jobs.configs import build, compose_train_config, evaluator_for
 from prune_recover.models import load_model, load_tokenizer
@@ -70,7 +70,7 @@ def format_report(report: dict) -> str:
         lines += [f"Tasks ({'all items' if limit is None else f'first {limit} items per task'}):"]
         lines += [f"  {'task':<16} {'metric':<10} {'value':>7} {'stderr':>7} {'items':>6}"]
         for task, scores in result["tasks"].items():
-            metric = HEADLINE.get(task, "acc")
+            metric = headline_metric(task, scores)
             stderr = scores.get(f"{metric}_stderr", float("nan"))
             lines.append(f"  {task:<16} {metric:<10} {scores[metric]:7.4f} {stderr:7.4f} {scores['items']:6d}")
         if result.get("task_average") is not None:

@@ -4,14 +4,17 @@ the local WikiText-2 tasks."""
 import json
 
 import pytest
+import torch
 import yaml
 
+from prune_recover.evaluation.evaluator import Evaluator
 from prune_recover.evaluation.tasks import (
     HEADLINE,
     ZEROSHOT_TASKS,
     TaskEvaluator,
     build_task_evaluator,
     manager_with_lm_evals_own_tasks,
+    metric_name,
     zeroshot_include_path,
 )
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
@@ -143,7 +146,27 @@ def test_local_tasks_are_well_formed_and_deterministic(wikitext_dir):
             assert len(item["choices"]) == 4 == len(set(item["choices"])) and 0 <= item["label"] < 4
     cloze = json.loads((folder / "wikitext2_cloze.jsonl").read_text().splitlines()[0])
     text = (wikitext_dir / "wiki.test.raw").read_text()
-    assert (cloze["context"] + cloze["choices"][cloze["label"]]) in text
+    assert (cloze["context"] + " " + cloze["choices"][cloze["label"]]) in text
+
+
+def test_local_task_requests_join_context_and_answer_with_one_space(wikitext_dir):
+    folder = build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=5, seed=1)
+    task = TaskEvaluator(None, ["wikitext2_cloze"], [folder]).task_manager().load_task_or_group(["wikitext2_cloze"])
+    task = task["wikitext2_cloze"]
+    task.build_all_requests(limit=5, rank=0, world_size=1)
+    text = (wikitext_dir / "wiki.test.raw").read_text()
+    gold = [i for i in task.instances if i.idx == i.doc["label"]]
+    assert len(gold) == 5 and all("".join(i.arguments) in text for i in gold)  # lm-eval's own space, no second one
+    assert all(not i.arguments[1].startswith("  ") for i in task.instances)
+
+
+def test_a_changed_test_file_gets_tasks_of_its_own(tmp_path, wikitext_dir):
+    copy = tmp_path / "wiki.test.raw"
+    copy.write_text((wikitext_dir / "wiki.test.raw").read_text())
+    first = build_local_tasks(copy, num_items=5)
+    copy.write_text(copy.read_text().replace("the", "thy"))  # another text of the same size
+    assert build_local_tasks(copy, num_items=5) != first
+    assert build_local_tasks(wikitext_dir / "wiki.test.raw", num_items=5) != first  # same size, another file
 
 
 def test_lm_eval_bridge_scores_the_in_memory_model_offline(wikitext_dir):
@@ -155,3 +178,33 @@ def test_lm_eval_bridge_scores_the_in_memory_model_offline(wikitext_dir):
     assert set(scores) == set(LOCAL_TASKS)
     assert all(0 <= scores[t]["acc"] <= 1 and "acc_norm" in scores[t] and scores[t]["items"] == 12 for t in LOCAL_TASKS)
     assert not model.training
+
+
+def test_tasks_run_in_the_evaluators_precision():
+    model, tokenizer = tiny_random("llama")
+    seen = []
+    model.lm_head.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    tasks = build_task_evaluator(tokenizer, ["arc_easy"], ZEROSHOT_DIR, limit=2)
+    ids = torch.randint(3, 259, (300,), generator=torch.Generator().manual_seed(0))
+    for precision, dtype in [("bfloat16", torch.bfloat16), ("float32", torch.float32)]:
+        evaluator = Evaluator({"test": ids}, seq_lens=[128], max_windows=2, tasks=tasks, precision=precision)
+        seen.clear()
+        evaluator.summary(model)
+        assert set(seen) == {dtype}  # the perplexity windows and every task forward (lm-eval's autocast had it off)
+
+
+def test_a_group_of_tasks_reports_its_tasks_and_its_own_row_is_left_out(tmp_path):
+    model, tokenizer = tiny_random("llama")
+    (tmp_path / "pair.yaml").write_text(
+        "group: pair\ntask: [zeroshot_arc_easy, zeroshot_piqa]\n"
+        "aggregate_metric_list:\n  - metric: acc\n    aggregation: mean\n    weight_by_size: true\n"
+    )
+    evaluator = TaskEvaluator(tokenizer, ["pair"], [zeroshot_include_path(ZEROSHOT_DIR), tmp_path], limit=2)
+    result = evaluator(model)
+    assert set(result["tasks"]) == {"arc_easy", "piqa"} and result["tasks"]["piqa"]["items"] == 2
+
+
+def test_metrics_under_several_filters_keep_their_filter():
+    assert metric_name("acc,none") == "acc" and metric_name("acc_stderr,none") == "acc_stderr"
+    assert metric_name("exact_match,strict-match") == "exact_match/strict-match"
+    assert metric_name("exact_match_stderr,flexible-extract") == "exact_match/flexible-extract_stderr"
