@@ -8,7 +8,8 @@ the figures of its pruning_report.json with the run's wall time. `--report` writ
 of a run already made with the default recipe (e.g. the `distill-mix` row of bench/general_quality.py, which
 adds the zero-shot suite at the end) instead of running it again; the section names that run's command.
 `--zeroshot N` also scores the unpruned model and the run's export on the zero-shot suite, N items per task,
-with `python -m prune_recover.eval` (reports under outputs/bench_default_zeroshot/, reused if present).
+with `python -m prune_recover.eval` (reports under outputs/bench_default_zeroshot/, reused when they scored the
+same model at the same item count).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
+from prune_recover.evaluation.tasks import HEADLINE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "python bench/default_recipe.py"
@@ -82,6 +84,16 @@ def main() -> None:
     print(body)
 
 
+def reusable(report_file: Path, model: str, limit: int) -> bool:
+    """Whether an earlier `python -m prune_recover.eval` report scored `model` on the zero-shot suite at `limit`
+    items per task (another run's export, or another item count, is scored again)."""
+    if not report_file.exists():
+        return False
+    scored = json.loads(report_file.read_text())
+    tasks = scored["result"].get("tasks") or {}
+    return scored["model"] == model and scored["protocol"].get("task_limit") == limit and tasks.keys() >= set(HEADLINE)
+
+
 def zeroshot_section(export: Path, limit: int) -> str:
     """The zero-shot suite at `limit` items per task for the unpruned model and `export`, side by side."""
     from prune_recover.evaluation.tasks import ZEROSHOT_TASKS
@@ -89,7 +101,7 @@ def zeroshot_section(export: Path, limit: int) -> str:
     results, precisions = {}, set()
     for name, model in (("unpruned SmolLM2-135M", "smollm2-135m"), ("the default recipe's export", str(export))):
         out = REPO / "outputs" / "bench_default_zeroshot" / ("base" if model == "smollm2-135m" else "export")
-        if not (out / "eval_report.json").exists():
+        if not reusable(out / "eval_report.json", model, limit):
             command = [sys.executable, "-m", "prune_recover.eval", model, "eval.tasks=[zeroshot]"]
             subprocess.run([*command, f"eval.task_limit={limit}", f"output_dir={out}"], cwd=REPO, check=True)
         scored = json.loads((out / "eval_report.json").read_text())
