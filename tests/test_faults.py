@@ -141,7 +141,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     trainer = tiny_trainer(
         tmp_path, callbacks=[FiniteLossGuard(), Diverge(3), checkpoint], max_steps=10, enable_checkpointing=True
     )
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 3.*Last good checkpoint: .*last.ckpt"):
+    message = r"training loss is not finite at step 3 \(this rank's: nan\).*Last good checkpoint: .*last.ckpt"
+    with pytest.raises(NonFiniteLossError, match=message):
         trainer.fit(module, datamodule=tiny_data(wikitext_dir))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 3

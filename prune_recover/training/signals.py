@@ -4,7 +4,8 @@ SLURM sends SIGUSR1 shortly before the time limit (`#SBATCH --signal=SIGUSR1@90`
 preemption and timeout. `GracefulStop` installs its own handlers at setup (so Lightning leaves SIGUSR1
 alone) and again when training starts (replacing Lightning's SIGTERM handler, whose flag would end the
 loop without a checkpoint and exit with status 0), notes the signal, and at the end of the current
-optimizer step (all ranks agree on it):
+optimizer step (not between the micro-batches of an accumulated step, whose gradients a checkpoint does not hold),
+with all ranks agreeing on the signal (any rank's; SIGTERM if ranks got different ones):
 - SIGUSR1: writes `hpc_ckpt_N.ckpt` in the trainer's root directory (Lightning resumes from it by itself)
   and, under SLURM, requeues the job with `scontrol requeue`;
 - SIGTERM: writes `last.ckpt` in the checkpoint callback's directory (`ckpt_path=last` resumes from it).
@@ -23,6 +24,7 @@ import threading
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from prune_recover.logs import get_logger
 
@@ -64,12 +66,14 @@ class GracefulStop(L.Callback):
         self.received: int | None = None  # the signal noted on this rank
         self.stopped: Interrupted | None = None  # set once the stop happened
         self._previous: dict[int, object] = {}
+        self._step_seen: int | None = None  # the optimizer step at the last batch end
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._note) for signum in HANDLED}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_seen = trainer.global_step
         if self._previous:  # the trainer registered its SIGTERM handler in between: this one replaces it
             for signum in HANDLED:
                 signal.signal(signum, self._note)
@@ -79,9 +83,15 @@ class GracefulStop(L.Callback):
             self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        if not stepped:  # inside an accumulated step: every rank is at the same micro-batch, so all return here
             return
-        signum = trainer.strategy.broadcast(self.received)  # rank 0's signal decides
+        # One collective for the decision and the signal: a rank that got none gives 0, so any rank's signal
+        # stops every rank, and the larger number (SIGTERM over SIGUSR1) when ranks got different ones.
+        noted = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
+        signum = int(trainer.strategy.reduce(noted, reduce_op="max"))
+        if signum == 0:
+            return
         if signum == signal.SIGUSR1:
             path = hpc_checkpoint_path(trainer.default_root_dir)
         else:
