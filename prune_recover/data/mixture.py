@@ -80,11 +80,24 @@ class Component:
         source = self.val_source if split == self.val_split and self.val_source is not None else self.source
         return tokenize_rows(source.rows(split, streaming=streaming), tokenizer, self.separator)
 
+    def val_blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int):
+        """The validation split packed into blocks, without reading the training split (a component that holds
+        part of its training split out has no validation split of its own: see `blocks`)."""
+        if self.holds_out:
+            raise ValueError(f"{self.describe()} validates on the held-out end of its training split")
+        val = pack(self.tokenized(self.val_split, tokenizer), block_size)
+        self._check_not_empty("validation", val, block_size)
+        return val
+
+    def _check_not_empty(self, name: str, part, block_size: int) -> None:
+        if len(part) == 0:
+            raise ValueError(f"{self.describe()}: the {name} text holds fewer tokens than one block of {block_size}")
+
     def blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int) -> tuple:
         """`(train, val)` packed map-style datasets of `block_size` tokens."""
         train = pack(self.tokenized(self.train_split, tokenizer), block_size)
         if not self.holds_out:
-            val = pack(self.tokenized(self.val_split, tokenizer), block_size)
+            val = self.val_blocks(tokenizer, block_size)
         else:
             tokens = joined_ids(self.source.rows(self.train_split), tokenizer, self.separator).numel()
             held_out = max(1, int(tokens * self.val_fraction) // block_size)
@@ -95,11 +108,8 @@ class Component:
                 )
             kept = len(train) - held_out
             train, val = train.select(range(kept)), train.select(range(kept, len(train)))
-        for name, part in (("training", train), ("validation", val)):
-            if len(part) == 0:
-                raise ValueError(
-                    f"{self.describe()}: the {name} text holds fewer tokens than one block of {block_size}"
-                )
+        self._check_not_empty("training", train, block_size)
+        self._check_not_empty("validation", val, block_size)
         return train, val
 
 

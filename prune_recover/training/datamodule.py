@@ -4,7 +4,8 @@ Training text is a mixture of components (`prune_recover.data.mixture`): one, bu
 source fields, or several under `mixture` (e.g. WikiText-2 prose and Python code), each tokenized and
 packed with `Dataset.map` and interleaved by weight. Batches are `{"input_ids": [batch, block_size]}`.
 The test split always comes from the top-level source (or `eval_from`). With `streaming=True` the
-training split is read, tokenized and packed on the fly, each rank reading its own share.
+training split is read, tokenized and packed on the fly, each rank reading its own share; validation then reads
+only the validation splits (a stream cannot hold its end out, so validating on the training split is refused).
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ class CausalLMDataModule(L.LightningDataModule):
             val_source = self.source(val_split)
             single = Component(SINGLE, self.sources, 1.0, train_split, val_split, val_fraction, document_separator)
             self.components = [replace(single, val_source=val_source)]
+        held_out = [c.setting("val_split") for c in self.components if c.holds_out]
+        if streaming and held_out:
+            raise ValueError(
+                f"data.streaming=true reads the training split as a stream, so none of it can be held out for "
+                f"validation (it would be trained on too): set {held_out} to another split (e.g. valid)"
+            )
         test = self.source(test_split)
         if test.is_local and test_split in test.files:
             check_unused(self.components, test.files[test_split])
@@ -156,6 +163,18 @@ class CausalLMDataModule(L.LightningDataModule):
             self._blocks["components"] = [c.blocks(self.tokenizer, self.block_size) for c in self.components]
         return self._blocks["components"]
 
+    def _val_blocks(self):
+        """Validation blocks: with a stream, from the validation splits alone (the training split is never packed
+        whole); else the mixture's, made with the training blocks."""
+        if not self.streaming:
+            return self._train_val_blocks()[1]
+        if "val" not in self._blocks:
+            self._check_tokenizer()
+            parts = [c.val_blocks(self.tokenizer, self.block_size) for c in self.components]
+            val = interleave(parts, [c.weight for c in self.components], self.mixture_seed)
+            self._blocks["val"] = val.with_format("torch")
+        return self._blocks["val"]
+
     def _train_val_blocks(self) -> tuple:
         """Training and validation blocks (`datasets.Dataset`), each the weighted mixture of the components'."""
         if "train" not in self._blocks:
@@ -167,7 +186,7 @@ class CausalLMDataModule(L.LightningDataModule):
 
     def val_ids(self) -> torch.Tensor:
         """Token ids of the validation blocks, in order (the blocks `val_dataloader` serves, before the cap)."""
-        return block_tensor(self._train_val_blocks()[1]).flatten()
+        return block_tensor(self._val_blocks()).flatten()
 
     def train_dataloader(self) -> StatefulDataLoader:
         """Training batches from a loader whose position Lightning stores in every checkpoint (exact resume)."""
@@ -199,15 +218,15 @@ class CausalLMDataModule(L.LightningDataModule):
         return tokenize_rows(rows, self.tokenizer, component.separator)
 
     def val_dataloader(self) -> DataLoader:
-        blocks = self._train_val_blocks()[1]
+        blocks = self._val_blocks()
         if self.max_val_blocks is not None:
             blocks = blocks.select(range(min(self.max_val_blocks, len(blocks))))
         return DataLoader(blocks, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def check_sizes(self, calibration: bool) -> None:
-        """Fail now, before weights load, if training, validation or calibration would get no data (not streams)."""
-        if not self.streaming:
-            self._train_val_blocks()
+        """Fail now, before weights load, if training, validation or calibration would get no data (a stream's
+        training split is not read here)."""
+        self._val_blocks()  # with a stream, the validation splits only
         if calibration:
             self.calibration_batches()
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prune_recover.data.packing import block_tensor
+from prune_recover.data.sources import Source
 from prune_recover.data.tokens import concatenated_ids, tokenize_rows
 from prune_recover.tiny_models import byte_tokenizer
 from prune_recover.training.datamodule import CausalLMDataModule
@@ -165,11 +166,48 @@ def test_a_mixture_interleaves_single_domain_blocks_by_weight_and_calibrates_in_
     assert set(data.describe()["train"]) == {"wikitext", "docs"}
 
 
+def streamed_mixture(wikitext_dir, tmp_path, **kwargs):
+    """WikiText-2 train (3 parts) and a corpus of numbered documents (1 part), each validated on its own valid split."""
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [f"<doc {i:03d}> " + "lorem ipsum " * 40 for i in range(120)])
+    valid = write_jsonl(tmp_path / "docs-valid.jsonl", [f"<doc v{i:02d}> " + "dolor sit " * 40 for i in range(10)])
+    mixture = {
+        "wikitext": {"weight": 3, "wikitext_dir": str(wikitext_dir), "split": "train", "val_split": "valid"},
+        "docs": {"weight": 1, "files": {"train": str(corpus), "valid": str(valid)}, "val_split": "valid"},
+    }
+    settings = dict(wikitext_dir=str(wikitext_dir), block_size=64, mixture=mixture, document_separator="none")
+    return CausalLMDataModule(byte_tokenizer(), streaming=True, **{**settings, **kwargs})
+
+
 def test_a_streamed_mixture_draws_from_every_component(wikitext_dir, tmp_path):
-    data = mixture_data(wikitext_dir, tmp_path, streaming=True, batch_size=8)
+    data = streamed_mixture(wikitext_dir, tmp_path, batch_size=8)
     batches = [batch["input_ids"] for _, batch in zip(range(12), data.train_dataloader(), strict=False)]
     domains = [domain_of(block, data.tokenizer) for batch in batches for block in batch]
     assert len(domains) == 96 and 0 < domains.count("docs") < domains.count("wikitext")
+
+
+def test_a_stream_validates_on_the_validation_splits_without_reading_the_training_split_whole(
+    wikitext_dir, tmp_path, monkeypatch
+):
+    data = streamed_mixture(wikitext_dir, tmp_path, batch_size=8)
+    reads = []
+    rows = Source.rows
+    monkeypatch.setattr(Source, "rows", lambda self, split, **kw: reads.append((split, kw)) or rows(self, split, **kw))
+    data.check_sizes(calibration=False)
+    blocks = [block for batch in data.val_dataloader() for block in batch["input_ids"]]
+    assert all(split == "valid" for split, _ in reads), reads  # the training splits were read whole before
+    valid_text = (wikitext_dir / "wiki.valid.raw").read_text()
+    texts = [data.tokenizer.decode(block) for block in blocks]
+    assert {domain_of(b, data.tokenizer) for b in blocks} == {"wikitext", "docs"}
+    assert all(t in valid_text or "dolor sit" in t for t in texts)
+
+
+def test_a_stream_refuses_to_hold_out_part_of_its_training_split(wikitext_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"none of it can be held out .* set .*'data.mixture.docs.val_split'\]"):
+        mixture_data(wikitext_dir, tmp_path, streaming=True).train_dataloader()
+    with pytest.raises(ValueError, match=r"set \['data.val_split'\] to another split"):
+        CausalLMDataModule(
+            byte_tokenizer(), wikitext_dir=str(wikitext_dir), val_split="train", val_fraction=0.1, streaming=True
+        )
 
 
 @pytest.mark.parametrize(
