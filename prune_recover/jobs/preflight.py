@@ -7,7 +7,8 @@ Before the model loads (`check_run`):
 - a resume under other settings than the run it resumes (model, pruning, schedule, recovery method, data
   block size): the saved `run_settings.json` is compared and every difference is named;
 - combinations that cannot work: `importance=taylor` with `stats_source=training` (training statistics hold
-  no gradients), a `cpt_then_lora` LoRA stage that starts after the last step.
+  no gradients), `calibration_mode=sequential` / `carried` with `stats_source=training` (those modes gather
+  statistics on the already-pruned layers), a `cpt_then_lora` LoRA stage that starts after the last step.
 After training (`check_complete`): every scheduled pruning event happened and a `cpt_then_lora` run reached its
 LoRA stage; otherwise nothing is exported and the run fails.
 """
@@ -68,6 +69,13 @@ def check_combinations(cfg: DictConfig) -> None:
         raise ValueError(
             "importance=taylor needs gradients from calibration batches; callbacks.pruning.stats_source=training "
             "records activations only. Use stats_source=calibration, or an activation-based importance"
+        )
+    mode = pruning.get("calibration_mode", "oneshot") if pruning is not None else "oneshot"
+    if mode in ("sequential", "carried") and stats_source == "training":
+        raise ValueError(
+            f"pruning.calibration_mode={mode} gathers each layer's statistics on the already-pruned layers below it; "
+            "callbacks.pruning.stats_source=training records them beforehand. Use stats_source=calibration, or "
+            "calibration_mode=oneshot / layerwise"
         )
     module, max_steps = cfg.recovery.get("module") or {}, cfg.trainer.get("max_steps", -1)
     if cfg.recovery.method == "cpt_then_lora" and max_steps is not None and max_steps > 0:

@@ -138,6 +138,8 @@ def removable_blocks(num_layers: int, protect_first: int, protect_last: int) -> 
 def choose_blocks(scores: torch.Tensor, num_blocks: int, protect_first: int = 0, protect_last: int = 0) -> list[int]:
     """The `num_blocks` lowest-scoring removable blocks, sorted (ties: lower index removed first)."""
     candidates = removable_blocks(len(scores), protect_first, protect_last)
+    if num_blocks < 0:
+        raise ValueError(f"cannot remove {num_blocks} blocks: the number of blocks to remove is at least 0")
     if num_blocks > len(candidates):
         raise ValueError(
             f"cannot remove {num_blocks} blocks: the model has {len(scores)} and {len(candidates)} are removable "

@@ -8,6 +8,7 @@ prune-only command both call `prune`; neither knows how scoring or surgery work.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -25,7 +26,7 @@ from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, remo
 from prune_recover.pruning.importance import OBS_ROUND, get_scorer
 from prune_recover.pruning.obs import obs_select
 from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan
-from prune_recover.pruning.surgery import remove_blocks
+from prune_recover.pruning.surgery import check_prunable, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
 
@@ -94,8 +95,8 @@ class Pruner:
                 "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
                 "it needs width pruning with pruning.refit=true"
             )
-        if refit_damp < 0:
-            raise ValueError(f"pruning.refit_damp must be non-negative, got {refit_damp}")
+        if not (math.isfinite(refit_damp) and refit_damp >= 0):
+            raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp}")
         self.refit = bool(refit) and self.target is not None
         self.refit_damp = refit_damp
         self.calibration_mode = calibration_mode
@@ -161,8 +162,7 @@ class Pruner:
         if width is None and self.target is not None:
             width = self.plan(config).intermediate_size
         num_blocks = self.depth.num_blocks if num_blocks is None else num_blocks
-        if self.needs_calibration and not calibration and (stats is None or num_blocks):
-            raise ValueError("this pruning configuration needs calibration batches, none were given")
+        self._check_request(model, calibration, width, num_blocks, stats)
         removed = self._prune_depth(model, calibration, num_blocks, optimizers, reduce) if num_blocks else []
         if stats is not None and removed:
             survivors = [index for index in sorted(stats) if index not in set(removed)]
@@ -185,6 +185,30 @@ class Pruner:
         )
         log.info("Pruned: %s", event.to_dict())
         return event
+
+    def _check_request(self, model: nn.Module, calibration, width: int | None, num_blocks: int, stats) -> None:
+        """Refuse, before any surgery, what `prune` could only do in part or not as configured."""
+        blocks, current = len(decoder_blocks(model)), gated_mlps(model)[0].intermediate_size
+        if not isinstance(num_blocks, int) or not 0 <= num_blocks < blocks:
+            raise ValueError(
+                f"num_blocks must be an integer in [0, {blocks - 1}] for this {blocks}-block model, got {num_blocks!r}"
+            )
+        if width is not None and not 1 <= width <= current:
+            raise ValueError(f"width must be between 1 and the current MLP width {current}, got {width}")
+        if self.needs_calibration and not calibration and (stats is None or num_blocks):
+            raise ValueError("this pruning configuration needs calibration batches, none were given")
+        if stats is not None and self.calibration_mode in ("sequential", "carried"):
+            raise ValueError(
+                f"calibration_mode={self.calibration_mode} gathers each layer's statistics on the already-pruned "
+                "layers below it; statistics gathered beforehand (stats_source=training) serve oneshot or layerwise"
+            )
+        prunes_width = width is not None and width < current
+        if self.scorer.needs == "gradients" and not calibration and prunes_width:
+            raise ValueError(f"importance={self.scorer.name} needs gradients on calibration batches, none were given")
+        if prunes_width:
+            for mlp in gated_mlps(model):
+                for projection in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                    check_prunable(projection)
 
     def _prune_depth(
         self, model: nn.Module, calibration, num_blocks: int, optimizers: list, reduce: Reduce

@@ -95,11 +95,17 @@ def slice_linear(
         _slice_lora(module, index, side, optimizers)
 
 
-def _slice_lora(module: nn.Module, index: torch.Tensor, side: str, optimizers: list) -> None:
+def check_prunable(module: nn.Module) -> None:
+    """Refuse a projection whose slicing would be wrong: a DoRA layer, or a LoRA layer with merged adapters (the
+    pruner calls this on every projection before it changes anything)."""
     if getattr(module, "lora_magnitude_vector", None):
         raise NotImplementedError("pruning a DoRA layer is not supported (its magnitude depends on every column)")
     if getattr(module, "merged", False):
         raise RuntimeError("cannot prune a LoRA layer whose adapters are merged; unmerge first")
+
+
+def _slice_lora(module: nn.Module, index: torch.Tensor, side: str, optimizers: list) -> None:
+    check_prunable(module)
     for adapter in module.lora_A:
         if side == "out":
             slice_parameter(module.lora_B[adapter].weight, index, 0, optimizers)

@@ -80,6 +80,8 @@ class RecoveryModule(L.LightningModule):
         self.lora_optimizer_factory = lora_optimizer
         self.lora_active = method == "lora"
         self.lora = lora if isinstance(lora, LoraSettings) else LoraSettings(**(lora or {}))
+        if method == "cpt_then_lora":
+            self.lora.check_targets(model)
         self.distill = distill
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-4)
         self.scheduler_factory = scheduler

@@ -21,6 +21,27 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.r, int) and self.r > 0) or not self.alpha > 0 or not 0 <= self.dropout < 1:
+            raise ValueError(
+                "recovery.module.lora needs r a positive integer, alpha > 0 and dropout in [0, 1), "
+                f"got r={self.r!r}, alpha={self.alpha!r}, dropout={self.dropout!r}"
+            )
+
+    def check_targets(self, model) -> None:
+        """Raise now if `target_modules` names no module of `model` (peft would raise only when the adapters are
+        added: for `cpt_then_lora`, at `lora_from_step`, hours into the run)."""
+        from peft.tuners.tuners_utils import check_target_module_exists
+
+        if self.target_modules == "all-linear":
+            return
+        config = self.peft_config()
+        if not any(check_target_module_exists(config, name) for name, _ in model.named_modules()):
+            raise ValueError(
+                f"recovery.module.lora.target_modules={self.target_modules!r} names no module of the model "
+                "(e.g. q_proj, v_proj, gate_proj, or all-linear)"
+            )
+
     def peft_config(self):
         from peft import LoraConfig
 

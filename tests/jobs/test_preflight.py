@@ -15,6 +15,10 @@ PRUNE_ONLY = ["recovery=none"]
     [
         (["output_dir="], "output_dir is empty"),
         (["pruning.importance=taylor", "callbacks.pruning.stats_source=training"], "taylor needs gradients"),
+        (
+            ["pruning.calibration_mode=sequential", "callbacks.pruning.stats_source=training"],
+            "calibration_mode=sequential gathers each layer's statistics on the already-pruned layers",
+        ),
         (["recovery=cpt_then_lora", "recovery.module.lora_from_step=4"], "would never start"),
     ],
 )

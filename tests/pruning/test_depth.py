@@ -67,3 +67,8 @@ def test_more_blocks_than_removable_is_a_clear_error():
         choose_blocks(torch.zeros(8), 4, 4, 2)
     with pytest.raises(ValueError, match="Unknown depth criterion 'random'"):
         get_depth_criterion("random")
+
+
+def test_a_negative_number_of_blocks_is_refused():
+    with pytest.raises(ValueError, match="cannot remove -1 blocks"):
+        choose_blocks(torch.arange(8.0), -1)

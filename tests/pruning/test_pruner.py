@@ -61,7 +61,9 @@ def test_depth_only_pruning():
         ({"calibration_mode": "streaming"}, "calibration_mode must be one of"),
         ({"depth": {"num_blocks": -1}}, "num_blocks must be a non-negative integer"),
         ({"depth": {"num_blocks": 1, "criterion": "magic"}}, "Unknown depth criterion 'magic'"),
-        ({"refit_damp": -1.0}, "refit_damp must be non-negative"),
+        ({"refit_damp": -1.0}, "refit_damp must be a finite non-negative number"),
+        ({"refit_damp": float("nan")}, "refit_damp must be a finite non-negative number, got nan"),
+        ({"refit_damp": float("inf")}, "refit_damp must be a finite non-negative number, got inf"),
     ],
 )
 def test_bad_settings_fail_on_construction(kwargs, message):
@@ -83,3 +85,37 @@ def test_data_driven_pruning_without_calibration_is_a_clear_error():
     model, _ = tiny_random("llama")
     with pytest.raises(ValueError, match="needs calibration batches"):
         Pruner(ratio=0.5).prune(model, [])
+
+
+def peft_dora(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj"], use_dora=True))
+
+
+@pytest.mark.parametrize(
+    "settings, call, error, message",
+    [
+        ({"depth": {"num_blocks": 1}}, {"num_blocks": -1}, ValueError, r"num_blocks must be an integer in \[0, 3\]"),
+        ({"depth": {"num_blocks": 1}}, {"width": 0}, ValueError, "width must be between 1 and the current MLP width"),
+        ({}, {"width": 500}, ValueError, "width must be between 1 and the current MLP width 128, got 500"),
+        ({"calibration_mode": "carried"}, {"stats": True}, ValueError, "calibration_mode=carried gathers each layer"),
+        ({"calibration_mode": "sequential"}, {"stats": True}, ValueError, "statistics gathered beforehand"),
+        ({"importance": "taylor"}, {"stats": True, "calibration": []}, ValueError, "taylor needs gradients"),
+        ({}, {"dora": True}, NotImplementedError, "pruning a DoRA layer is not supported"),
+    ],
+)
+def test_a_request_prune_cannot_carry_out_as_asked_is_refused_before_any_change(settings, call, error, message):
+    from prune_recover.pruning.calibration import collect_activation_stats
+
+    model, _ = tiny_random("llama")
+    batches = token_batches()
+    if call.pop("dora", False):
+        model = peft_dora(model)
+    if call.get("stats"):
+        call["stats"] = collect_activation_stats(model, batches, gram=True)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(error, match=message):
+        Pruner(**{"ratio": 0.5, **settings}).prune(model, **{"calibration": batches, **call})
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

@@ -179,3 +179,16 @@ def test_cpt_then_lora_switches_stage_and_resumes_into_the_lora_stage(wikitext_d
 def test_cpt_then_lora_needs_a_switch_step():
     with pytest.raises(ValueError, match="lora_from_step >= 1"):
         RecoveryModule(tiny_random("llama")[0], method="cpt_then_lora")
+
+
+@pytest.mark.parametrize(
+    "lora, message",
+    [
+        ({"target_modules": ["q_projj"]}, r"target_modules=\['q_projj'\] names no module of the model"),
+        ({"r": 0}, "r a positive integer"),
+        ({"dropout": 2.0}, r"dropout in \[0, 1\)"),
+    ],
+)
+def test_cpt_then_lora_checks_its_lora_settings_at_the_start_not_at_the_switch(lora, message):
+    with pytest.raises(ValueError, match=message):
+        RecoveryModule(tiny_random("llama")[0], method="cpt_then_lora", lora_from_step=3, lora=lora)
