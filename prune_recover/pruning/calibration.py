@@ -135,11 +135,17 @@ class ActivationRecorder:
         return {index: asdict(stats) for index, stats in self.stats.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from statistics saved by `state_dict` (on a model of the same shapes)."""
+        """Continue from statistics saved by `state_dict` (on a model of the same shapes), on the device the model's
+        statistics are kept on (a checkpoint loads its tensors onto the CPU; the hooks add the GPU's to them)."""
         for index, saved in state.items():
             if saved["sum_sq"].shape != self.stats[index].sum_sq.shape:
                 raise ValueError(f"saved statistics of layer {index} do not match the model's MLP width")
-            self.stats[index] = NeuronStats(**saved)
+            if self.gram and saved.get("gram") is None:
+                raise ValueError(f"saved statistics of layer {index} have no Gram matrix, which the refit needs")
+            device = self.stats[index].sum_sq.device
+            self.stats[index] = NeuronStats(
+                **{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in saved.items()}
+            )
 
     def _hook(self, index: int):
         def record(module: nn.Module, args: tuple) -> None:

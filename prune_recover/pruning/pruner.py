@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from prune_recover.arch import decoder_blocks, family_of, gated_mlps, unwrap
-from prune_recover.lm import count_parameters
+from prune_recover.lm import count_parameters, model_device
 from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, collect_taylor_stats
 from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
@@ -215,7 +215,9 @@ class Pruner:
     ) -> list[int]:
         criterion = get_depth_criterion(self.depth.criterion)
         samples = torch.cat(list(calibration))[: self.depth.num_samples, : self.depth.seq_len]
-        scores = reduce(criterion.fn(model, list(samples.split(max(1, calibration[0].shape[0])))))
+        scores = criterion.fn(model, list(samples.split(max(1, calibration[0].shape[0]))))
+        # reduced on the model's device: under DDP on GPUs an all-reduce (NCCL) takes no CPU tensor
+        scores = reduce(scores.to(model_device(model))).cpu()
         blocks = choose_blocks(scores, num_blocks, self.depth.protect_first, self.depth.protect_last)
         log.info("Depth %s scores %s -> removing blocks %s", criterion.name, scores.tolist(), blocks)
         return remove_blocks(model, blocks, optimizers)
