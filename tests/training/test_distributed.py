@@ -109,6 +109,27 @@ def test_train_sbatch_runs_under_a_slurm_environment_with_two_tasks(wikitext_dir
     assert report["final"]["intermediate_size"] == 77
 
 
+@pytest.mark.parametrize(
+    "checkpoints, resumed",
+    [
+        ([], "null"),
+        (["hpc_ckpt_1.ckpt", "checkpoints/last.ckpt"], "checkpoints/last.ckpt"),  # preempted after the requeue
+        (["checkpoints/last.ckpt", "hpc_ckpt_1.ckpt", "hpc_ckpt_2.ckpt"], "hpc_ckpt_2.ckpt"),
+    ],
+)
+def test_a_restarted_sbatch_job_resumes_from_its_newest_checkpoint(tmp_path, checkpoints, resumed):
+    env = fake_slurm_env(tmp_path, "4343", tasks=1)
+    (tmp_path / "bin" / "srun").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/srun.log\n')  # the command only
+    out = tmp_path / "outputs" / "slurm-4343"
+    for age, name in enumerate(checkpoints):  # oldest first
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("")
+        os.utime(out / name, (1_000_000 + age, 1_000_000 + age))
+    subprocess.run(["bash", "slurm/train.sbatch", "recipe=smollm2_demo"], cwd=REPO, env=env, check=True, timeout=60)
+    command = (tmp_path / "srun.log").read_text().split()
+    assert command[-1] == "ckpt_path=" + (resumed if resumed == "null" else str(out / resumed))
+
+
 def test_every_sbatch_file_parses():
     for script in sorted((REPO / "slurm").glob("*.sbatch")):
         subprocess.run(["bash", "-n", str(script)], check=True)
