@@ -18,7 +18,8 @@ from collections import deque
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 # Batches Lightning's training data fetcher holds ahead of the step (its `_PrefetchDataFetcher` prefetches
@@ -26,35 +27,51 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 PREFETCHED = 1
 
 
-class EpochShuffle(Sampler[int]):
+class EpochShuffle(DistributedSampler):
     """A random order of `size` items that depends only on `seed` and the epoch (Lightning calls `set_epoch`).
 
     It never draws from the global RNG, and its state (epoch, items served) travels in the loader's state, so
     a run resumed mid-epoch sees the rest of that epoch and every later one in the order the uninterrupted run
     saw. Each epoch serves whole batches of `batch_size` only (the tail is left out, as `drop_last` does), so a
     position at the end of an epoch is restored as the start of the next one (Lightning iterates the restored
-    loader before it sets the epoch). Under DDP, Lightning wraps it in a `DistributedSamplerWrapper`.
+    loader before it sets the epoch).
+
+    Under DDP each rank takes every `num_replicas`-th item of the epoch's order (the same number of whole batches
+    on every rank; rank and world size from the initialised process group unless given). It is a
+    `DistributedSampler` so that Lightning serves it as it is: Lightning wraps any other sampler in a
+    `DistributedSamplerWrapper`, which has no state of its own and keeps a list of the order made at its first
+    iteration, so a resumed run, and the first batch of every later epoch, were served from a stale epoch's order.
     """
 
-    def __init__(self, size: int, seed: int, batch_size: int = 1):
-        if size < batch_size:
-            raise ValueError(f"{size} training blocks do not fill one batch of {batch_size}")
+    def __init__(
+        self, size: int, seed: int, batch_size: int = 1, num_replicas: int | None = None, rank: int | None = None
+    ):
+        # DistributedSampler.__init__ is not called: the order and the shard are this class's own
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        if size < batch_size * self.num_replicas:
+            raise ValueError(
+                f"{size} training blocks do not fill one batch of {batch_size} on each of {self.num_replicas} ranks"
+            )
         self.size, self.seed, self.epoch = size, seed, 0
-        self.served_per_epoch = size - size % batch_size
-        self._served = 0  # items of this epoch's order handed out so far
+        self.shuffle, self.drop_last = True, True
+        self.served_per_epoch = size - size % (batch_size * self.num_replicas)  # over all ranks
+        self._served = 0  # items of this rank's share of this epoch's order handed out so far
         self._skip = 0  # items to skip on the next iteration (a restored position)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.served_per_epoch
+        return self.served_per_epoch // self.num_replicas
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()[: self.served_per_epoch]
+        share = order[self.rank :: self.num_replicas]
         self._served, self._skip = self._skip, 0
-        for index in order[self._served :]:
+        for index in share[self._served :]:
             self._served += 1
             yield index
 
@@ -63,7 +80,7 @@ class EpochShuffle(Sampler[int]):
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self._skip = state["epoch"], state["served"]
-        if self._skip >= self.served_per_epoch:  # that epoch was complete: the next one starts
+        if self._skip >= len(self):  # that epoch was complete: the next one starts
             self.epoch, self._skip = self.epoch + 1, 0
 
 

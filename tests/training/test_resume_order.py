@@ -1,5 +1,10 @@
 """The training order of a resumed run: resumed from any checkpoint (mid-epoch or at an epoch's end), a real
-Trainer feeds exactly the batches the uninterrupted run fed after that step (EpochShuffle + StatefulDataLoader)."""
+Trainer feeds exactly the batches the uninterrupted run fed after that step (EpochShuffle + StatefulDataLoader),
+also on each rank of a DDP run resumed in a later epoch."""
+
+import json
+import subprocess
+import sys
 
 import lightning as L
 import pytest
@@ -9,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from prune_recover.training.resume import EpochShuffle, StreamLoader
+from tests.conftest import REPO
 
 
 class Recorder(L.LightningModule):
@@ -77,3 +83,36 @@ def test_a_resumed_stream_continues_after_the_last_batch_trained_not_the_one_pre
     (checkpoint,) = (tmp_path / "reference" / "ckpt").glob(f"*-step={step}.ckpt")
     fed = fit(tmp_path / "resumed", ckpt_path=str(checkpoint), streaming=True)
     assert fed == {s: expected[s] for s in range(step, 17)}
+
+
+def run_ddp_recorder(out, files: dict, ckpt_path=None) -> list[dict]:
+    worker = REPO / "tests" / "training" / "ddp_resume_order_worker.py"
+    command = [sys.executable, str(worker), str(out), json.dumps(files), *([str(ckpt_path)] if ckpt_path else [])]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_a_ddp_run_resumed_in_a_later_epoch_feeds_each_rank_what_the_uninterrupted_run_fed(tmp_path):
+    texts = [f"row {i:03d} ".ljust(31, "x") for i in range(15)]  # with its EOS one block each: 3 steps an epoch
+    files = {split: tmp_path / f"{split}.jsonl" for split in ("train", "valid", "test")}
+    for split, path in files.items():
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in (texts if split == "train" else texts[:4])))
+    files = {split: str(path) for split, path in files.items()}
+    expected = run_ddp_recorder(tmp_path / "reference", files)
+    steps = [range(3 * epoch, 3 * epoch + 3) for epoch in range(4)]
+    epochs = [[tuple(b) for rank in (0, 1) for s in epoch for b in expected[rank][str(s)]] for epoch in steps]
+    assert all(len(set(blocks)) == 12 for blocks in epochs)  # each epoch serves every block once, over both ranks
+    assert len({tuple(blocks) for blocks in epochs}) == 4  # in a new order each epoch
+    (checkpoint,) = (tmp_path / "reference" / "ckpt").glob("*-step=8.ckpt")
+    assert torch.load(checkpoint, weights_only=False)["epoch"] >= 1  # a later epoch than the first
+    fed = run_ddp_recorder(tmp_path / "resumed", files, checkpoint)
+    for rank in (0, 1):
+        assert sorted(fed[rank], key=int) == [str(s) for s in range(8, 14)]
+        assert fed[rank] == {s: expected[rank][s] for s in fed[rank]}, f"rank {rank}"
+
+
+def test_ranks_share_each_epochs_order_in_whole_batches_without_overlap():
+    shares = [list(EpochShuffle(42, seed=3, batch_size=4, num_replicas=2, rank=rank)) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 20 and not set(shares[0]) & set(shares[1])  # 40 of 42, 5 batches each
+    assert sorted(shares[0] + shares[1]) == sorted(EpochShuffle(42, seed=3, batch_size=8))  # world 1, same order
