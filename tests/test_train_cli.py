@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,6 +107,16 @@ def test_non_glu_model_is_rejected_from_the_command_line(wikitext_dir, tmp_path)
     cfg = compose_config(tiny_overrides(wikitext_dir, tmp_path / "run") + [f"model.name={tmp_path / 'gpt2'}"])
     with pytest.raises(UnsupportedModelError, match="Supported families"):
         run(cfg)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_validates_at_its_checkpoint_steps(recipe):
+    recipe_file = yaml.safe_load((REPO / "configs" / "recipe" / f"{recipe}.yaml").read_text())
+    every = (recipe_file.get("callbacks") or {}).get("checkpoint", {}).get("every_n_train_steps")
+    trainer = recipe_file.get("trainer") or {}
+    accumulate, interval = trainer.get("accumulate_grad_batches", 1), trainer.get("val_check_interval")
+    if every is not None and interval is not None:  # Lightning counts the interval in micro-batches
+        assert interval == every * accumulate, f"validates every {interval / accumulate} optimizer steps, not {every}"
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

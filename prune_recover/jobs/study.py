@@ -29,6 +29,12 @@ from prune_recover.jobs.study_table import markdown_table, method_of, rows
 REPO = Path(__file__).resolve().parents[2]
 
 
+def resume_or_restart(arm_dir: Path) -> str:
+    """An unfinished arm resumes from its last checkpoint (a file, or under FSDP's sharded state a folder), else
+    starts again over whatever an earlier attempt left."""
+    return "ckpt_path=last" if (arm_dir / "checkpoints" / "last.ckpt").exists() else "overwrite=true"
+
+
 def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
     """Run every arm of `study_file` (skipping finished ones) and return their report paths."""
     study = yaml.safe_load(Path(study_file).read_text())
@@ -38,7 +44,6 @@ def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
     for name, overrides in study["arms"].items():
         report = out / name / "pruning_report.json"
         if not report.is_file():
-            started = (out / name / "checkpoints" / "last.ckpt").is_file()
             command = [
                 sys.executable,
                 str(REPO / "train.py"),
@@ -47,7 +52,7 @@ def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
                 *extra,
                 f"output_dir={out / name}",
                 f"+study_arm={name}",
-                "ckpt_path=last" if started else "overwrite=true",
+                resume_or_restart(out / name),
             ]
             print("running", " ".join(command[1:]), flush=True)
             subprocess.run(command, check=True, cwd=REPO)

@@ -9,7 +9,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from prune_recover.jobs.configs import compose_train_config
-from prune_recover.jobs.study import REPO, collect, run_study, write_report
+from prune_recover.jobs.study import REPO, collect, resume_or_restart, run_study, write_report
 from prune_recover.jobs.study_table import markdown_table, rows
 from tests.test_train_cli import tiny_overrides
 
@@ -126,3 +126,16 @@ def test_shortened_llama_study_trains_on_wikitext_and_scores_held_out_code_and_t
         assert cfg.data.train_split == "valid" and cfg.data.calibration.split is None, name
         assert list(cfg.eval.texts) == ["code"] and list(cfg.eval.tasks) == ["zeroshot"], name
         assert cfg.eval.task_limit == 100 and list(cfg.eval.seq_lens) == [128, 1024], name
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_an_unfinished_arm_resumes_from_its_last_checkpoint_file_or_sharded_folder(tmp_path, sharded):
+    assert resume_or_restart(tmp_path) == "overwrite=true"  # nothing saved yet
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    if sharded:  # FSDP's sharded state dict: a folder of shards
+        last.mkdir()
+        (last / "meta.pt").write_text("")
+    else:
+        last.write_text("")
+    assert resume_or_restart(tmp_path) == "ckpt_path=last"
