@@ -107,14 +107,18 @@ class StreamLoader(StatefulDataLoader):
 
 
 class RngStates(L.Callback):
-    """Save the torch, NumPy and Python RNG states in every checkpoint and restore them on resume."""
+    """Save the torch (CPU and, where used, the current CUDA device's), NumPy and Python RNG states in every
+    checkpoint and restore them on resume (GPU dropout, LoRA's included, draws from the CUDA generator)."""
 
     def state_dict(self) -> dict:
         # tensors and plain numbers only: Lightning loads checkpoints with torch.load(weights_only=True)
         kind, key, position, has_gauss, cached_gaussian = np.random.get_state()
         numpy_state = {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "position": int(position)}
         numpy_state.update(has_gauss=int(has_gauss), cached_gaussian=float(cached_gaussian))
-        return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         torch.set_rng_state(state_dict["torch"])
@@ -122,3 +126,5 @@ class RngStates(L.Callback):
         key = saved["key"].numpy().astype(np.uint32)
         np.random.set_state((saved["kind"], key, saved["position"], saved["has_gauss"], saved["cached_gaussian"]))
         random.setstate(state_dict["python"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda"])

@@ -116,3 +116,29 @@ def test_ranks_share_each_epochs_order_in_whole_batches_without_overlap():
     shares = [list(EpochShuffle(42, seed=3, batch_size=4, num_replicas=2, rank=rank)) for rank in (0, 1)]
     assert len(shares[0]) == len(shares[1]) == 20 and not set(shares[0]) & set(shares[1])  # 40 of 42, 5 batches each
     assert sorted(shares[0] + shares[1]) == sorted(EpochShuffle(42, seed=3, batch_size=8))  # world 1, same order
+
+
+def test_rng_states_round_trip_cpu_numpy_and_python():
+    import random
+
+    import numpy as np
+
+    from prune_recover.training.resume import RngStates
+
+    saved = RngStates().state_dict()
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    RngStates().load_state_dict(saved)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and (draws[1] == again[1]).all() and draws[2] == again[2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rng_states_round_trip_the_cuda_generator():
+    from prune_recover.training.resume import RngStates
+
+    torch.rand(1, device="cuda")  # initialises CUDA
+    saved = RngStates().state_dict()
+    draws = torch.rand(3, device="cuda")
+    RngStates().load_state_dict(saved)
+    assert torch.equal(torch.rand(3, device="cuda"), draws)
