@@ -34,17 +34,23 @@ COMMAND = "python bench/throughput.py"
 
 
 class StepTimer(L.Callback):
+    """Tokens per second from the end of step `warmup` to the end of the last step: the fit's teardown (moving the
+    model and optimizer states off the GPU) is not counted, and each end waits for the GPU's queued work."""
+
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.tokens = warmup, None, 0
+        self.warmup, self.start, self.end, self.tokens = warmup, None, None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
         if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+            self.start = now
         elif trainer.global_step > self.warmup:
-            self.tokens += batch["input_ids"].numel()
+            self.tokens, self.end = self.tokens + batch["input_ids"].numel(), now
 
     def tokens_per_s(self) -> float:
-        return self.tokens / (time.perf_counter() - self.start)
+        return self.tokens / (self.end - self.start)
 
 
 def batches(blocks: torch.Tensor, batch_size: int) -> DataLoader:
