@@ -39,8 +39,8 @@ class EpochShuffle(DistributedSampler):
     Under DDP each rank takes every `num_replicas`-th item of the epoch's order (the same number of whole batches
     on every rank; rank and world size from the initialised process group unless given). It is a
     `DistributedSampler` so that Lightning serves it as it is: Lightning wraps any other sampler in a
-    `DistributedSamplerWrapper`, which has no state of its own and keeps a list of the order made at its first
-    iteration, so a resumed run, and the first batch of every later epoch, were served from a stale epoch's order.
+    `DistributedSamplerWrapper`, which has no state of its own, so a DDP run resumed mid-epoch was fed other blocks
+    than the uninterrupted run (tests/training/test_resume_order.py).
     """
 
     def __init__(
