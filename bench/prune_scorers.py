@@ -44,7 +44,8 @@ from prune_recover.evaluation.tasks import ZEROSHOT_TASKS, build_task_evaluator 
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
-from prune_recover.pruning.calibration import collect_activation_stats, collect_taylor_stats  # noqa: E402
+from prune_recover.pruning.calibration import collect_activation_stats  # noqa: E402
+from prune_recover.pruning.gradients import collect_taylor_stats  # noqa: E402
 from prune_recover.pruning.importance import SCORERS  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.pruning.targets import ParamModel, WidthTarget  # noqa: E402

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
+from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
 from prune_recover.data.packing import block_tensor, pack
@@ -79,6 +81,24 @@ class Component:
         """Tokenized rows of `split` from the component's source (the validation source for `val_split`)."""
         source = self.val_source if split == self.val_split and self.val_source is not None else self.source
         return tokenize_rows(source.rows(split, streaming=streaming), tokenizer, self.separator)
+
+    def rank_share(self, tokenizer: PreTrainedTokenizerBase):
+        """This rank's share of the training split as a stream, tokenized (each rank tokenizes only its own rows)."""
+        rows = self.source.rows(self.train_split, streaming=True)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # the library's split: whole shards per rank when they divide evenly, else every world-th row;
+            # DataLoader workers then split this rank's shards among themselves (datasets does it)
+            rows = split_dataset_by_node(rows, rank=dist.get_rank(), world_size=dist.get_world_size())
+        return tokenize_rows(rows, tokenizer, self.separator)
+
+    def first_streamed_tokens(self, tokenizer: PreTrainedTokenizerBase, count: int) -> torch.Tensor:
+        """The first `count` tokens of the training split read as a stream (the same on every rank)."""
+        ids: list[int] = []
+        for row in self.tokenized(self.train_split, tokenizer, streaming=True):
+            ids += row["input_ids"]
+            if len(ids) >= count:
+                break
+        return torch.tensor(ids[:count], dtype=torch.long)
 
     def val_blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int):
         """The validation split packed into blocks, without reading the training split (a component that holds

@@ -21,7 +21,7 @@ from torch import nn
 
 from prune_recover.arch import decoder_blocks
 from prune_recover.lm import eval_mode, model_device, summed_nll
-from prune_recover.pruning.calibration import backward_passes
+from prune_recover.pruning.gradients import backward_passes
 
 
 @dataclass(frozen=True)

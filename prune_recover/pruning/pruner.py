@@ -21,8 +21,9 @@ from transformers import PretrainedConfig
 from prune_recover.arch import decoder_blocks, family_of, gated_mlps, unwrap
 from prune_recover.lm import count_parameters, model_device
 from prune_recover.logs import get_logger
-from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, collect_taylor_stats
+from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, reduce_stats
 from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
+from prune_recover.pruning.gradients import collect_taylor_stats
 from prune_recover.pruning.importance import OBS_ROUND, get_scorer
 from prune_recover.pruning.obs import obs_select
 from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan
@@ -157,7 +158,7 @@ class Pruner:
         """
         start = time.perf_counter()
         optimizers = list(optimizers)
-        reduce = reduce or _identity
+        reduce = reduce or (lambda tensor: tensor)
         config = unwrap(model).config
         if width is None and self.target is not None:
             width = self.plan(config).intermediate_size
@@ -190,9 +191,7 @@ class Pruner:
         """Refuse, before any surgery, what `prune` could only do in part or not as configured."""
         blocks, current = len(decoder_blocks(model)), gated_mlps(model)[0].intermediate_size
         if not isinstance(num_blocks, int) or not 0 <= num_blocks < blocks:
-            raise ValueError(
-                f"num_blocks must be an integer in [0, {blocks - 1}] for this {blocks}-block model, got {num_blocks!r}"
-            )
+            raise ValueError(f"num_blocks must be an integer in [0, {blocks - 1}] ({blocks} blocks): {num_blocks!r}")
         if width is not None and not 1 <= width <= current:
             raise ValueError(f"width must be between 1 and the current MLP width {current}, got {width}")
         if self.needs_calibration and not calibration and (stats is None or num_blocks):
@@ -202,13 +201,11 @@ class Pruner:
                 f"calibration_mode={self.calibration_mode} gathers each layer's statistics on the already-pruned "
                 "layers below it; statistics gathered beforehand (stats_source=training) serve oneshot or layerwise"
             )
-        prunes_width = width is not None and width < current
-        if self.scorer.needs == "gradients" and not calibration and prunes_width:
-            raise ValueError(f"importance={self.scorer.name} needs gradients on calibration batches, none were given")
-        if prunes_width:
-            for mlp in gated_mlps(model):
-                for projection in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-                    check_prunable(projection)
+        if width is not None and width < current:  # the widths change
+            if self.scorer.needs == "gradients" and not calibration:
+                raise ValueError(f"importance={self.scorer.name} needs gradients on calibration batches, none given")
+            for projection in (p for mlp in gated_mlps(model) for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+                check_prunable(projection)
 
     def _prune_depth(
         self, model: nn.Module, calibration, num_blocks: int, optimizers: list, reduce: Reduce
@@ -250,18 +247,3 @@ class Pruner:
             optimizers,
             lambda s: reduce_stats(s, reduce),
         )
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
-def reduce_stats(stats: NeuronStats, reduce: Reduce) -> NeuronStats:
-    """`stats` with `reduce` applied to every accumulated tensor."""
-    return NeuronStats(
-        sum_sq=reduce(stats.sum_sq),
-        tokens=stats.tokens,
-        gram=None if stats.gram is None else reduce(stats.gram),
-        taylor=None if stats.taylor is None else reduce(stats.taylor),
-        cross=None if stats.cross is None else reduce(stats.cross),
-    )

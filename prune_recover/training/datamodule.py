@@ -15,8 +15,6 @@ from dataclasses import asdict, replace
 
 import lightning as L
 import torch
-import torch.distributed as dist
-from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
@@ -32,7 +30,7 @@ from prune_recover.data.mixture import (
 )
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
-from prune_recover.data.tokens import batched, joined_ids, tokenize_rows, windows
+from prune_recover.data.tokens import batched, joined_ids, windows
 from prune_recover.training.resume import EpochShuffle, StreamLoader
 
 
@@ -191,7 +189,8 @@ class CausalLMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         """Training batches from a loader whose position Lightning stores in every checkpoint (exact resume)."""
         if self.streaming:
-            streams = [pack(self._rank_share(c), self.block_size) for c in self.components]
+            self._check_tokenizer()
+            streams = [pack(c.rank_share(self.tokenizer), self.block_size) for c in self.components]
             stream = interleave(streams, [c.weight for c in self.components], self.mixture_seed)
             return StreamLoader(stream.with_format("torch"), batch_size=self.batch_size, num_workers=self.num_workers)
         blocks = self._train_val_blocks()[0]
@@ -206,16 +205,6 @@ class CausalLMDataModule(L.LightningDataModule):
             # holds exactly what RngStates restores (dropout masks as in the uninterrupted run)
             generator=torch.Generator().manual_seed(seed),
         )
-
-    def _rank_share(self, component: Component):
-        """This rank's share of a component's training stream, tokenized (every rank tokenizes only its own rows)."""
-        self._check_tokenizer()
-        rows = component.source.rows(component.train_split, streaming=True)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # the library's split: whole shards per rank when they divide evenly, else every world-th row;
-            # DataLoader workers then split this rank's shards among themselves (datasets does it)
-            rows = split_dataset_by_node(rows, rank=dist.get_rank(), world_size=dist.get_world_size())
-        return tokenize_rows(rows, self.tokenizer, component.separator)
 
     def val_dataloader(self) -> DataLoader:
         blocks = self._val_blocks()
@@ -236,20 +225,12 @@ class CausalLMDataModule(L.LightningDataModule):
         if spec.split is not None:
             samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed)
         elif self.streaming:
-            samples = windows(self._first_streamed_tokens(spec.num_samples * spec.seq_len), spec.seq_len)
+            first = self.components[0].first_streamed_tokens(self.tokenizer, spec.num_samples * spec.seq_len)
+            samples = windows(first, spec.seq_len)
         else:
             train_blocks = [train for train, _ in self._component_blocks()]
             samples = calibration_windows(self.components, train_blocks, spec.num_samples, spec.seq_len, spec.seed)
         return batched(samples, spec.batch_size)
-
-    def _first_streamed_tokens(self, count: int) -> torch.Tensor:
-        """The first `count` tokens of the first component's training stream (the same on every rank)."""
-        ids: list[int] = []
-        for row in self.components[0].tokenized(self.components[0].train_split, self.tokenizer, streaming=True):
-            ids += row["input_ids"]
-            if len(ids) >= count:
-                break
-        return torch.tensor(ids[:count], dtype=torch.long)
 
     def describe(self) -> dict:
         """Where training, validation and test text come from, and the block and calibration settings."""

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from prune_recover.arch import gated_mlps
-from prune_recover.pruning.calibration import collect_activation_stats, collect_taylor_stats
+from prune_recover.pruning.calibration import collect_activation_stats
+from prune_recover.pruning.gradients import collect_taylor_stats
 from prune_recover.pruning.importance import SCORERS, get_scorer, select_neurons
 from prune_recover.tiny_models import tiny_random
 from tests.conftest import token_batches

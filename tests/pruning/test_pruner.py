@@ -96,7 +96,7 @@ def peft_dora(model):
 @pytest.mark.parametrize(
     "settings, call, error, message",
     [
-        ({"depth": {"num_blocks": 1}}, {"num_blocks": -1}, ValueError, r"num_blocks must be an integer in \[0, 3\]"),
+        ({"depth": {"num_blocks": 1}}, {"num_blocks": -1}, ValueError, r"integer in \[0, 3\] \(4 blocks\): -1"),
         ({"depth": {"num_blocks": 1}}, {"width": 0}, ValueError, "width must be between 1 and the current MLP width"),
         ({}, {"width": 500}, ValueError, "width must be between 1 and the current MLP width 128, got 500"),
         ({"calibration_mode": "carried"}, {"stats": True}, ValueError, "calibration_mode=carried gathers each layer"),

@@ -167,11 +167,18 @@ def test_a_mixture_interleaves_single_domain_blocks_by_weight_and_calibrates_in_
 
 
 def streamed_mixture(wikitext_dir, tmp_path, **kwargs):
-    """WikiText-2 train (3 parts) and a corpus of numbered documents (1 part), each validated on its own valid split."""
+    """WikiText-2 (3 parts) and a corpus of numbered documents (1 part), each validated on its own valid split; the
+    WikiText component reads a small folder cut from wiki.valid.raw (its train split is a stream)."""
     corpus = write_jsonl(tmp_path / "docs.jsonl", [f"<doc {i:03d}> " + "lorem ipsum " * 40 for i in range(120)])
     valid = write_jsonl(tmp_path / "docs-valid.jsonl", [f"<doc v{i:02d}> " + "dolor sit " * 40 for i in range(10)])
+    lines = (wikitext_dir / "wiki.valid.raw").read_text().splitlines(keepends=True)
+    small = tmp_path / "wikitext"
+    small.mkdir()
+    (small / "wiki.train.tokens").write_text("".join(lines[:600]))
+    (small / "wiki.valid.raw").write_text("".join(lines[600:900]))
+    (small / "wiki.test.raw").write_text("".join(lines[900:950]))  # the folder's third file; never read here
     mixture = {
-        "wikitext": {"weight": 3, "wikitext_dir": str(wikitext_dir), "split": "train", "val_split": "valid"},
+        "wikitext": {"weight": 3, "wikitext_dir": str(small), "split": "train", "val_split": "valid"},
         "docs": {"weight": 1, "files": {"train": str(corpus), "valid": str(valid)}, "val_split": "valid"},
     }
     settings = dict(wikitext_dir=str(wikitext_dir), block_size=64, mixture=mixture, document_separator="none")
@@ -195,7 +202,7 @@ def test_a_stream_validates_on_the_validation_splits_without_reading_the_trainin
     data.check_sizes(calibration=False)
     blocks = [block for batch in data.val_dataloader() for block in batch["input_ids"]]
     assert all(split == "valid" for split, _ in reads), reads  # the training splits were read whole before
-    valid_text = (wikitext_dir / "wiki.valid.raw").read_text()
+    valid_text = (tmp_path / "wikitext" / "wiki.valid.raw").read_text()
     texts = [data.tokenizer.decode(block) for block in blocks]
     assert {domain_of(b, data.tokenizer) for b in blocks} == {"wikitext", "docs"}
     assert all(t in valid_text or "dolor sit" in t for t in texts)
