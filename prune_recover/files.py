@@ -16,7 +16,11 @@ def cache_root() -> Path:
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:
     """Write `data` as JSON so that `path` is never seen half-written."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) so that `path` is never seen half-written."""
     return write_bytes_atomic(path, lambda file: file.write(text.encode()))
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
-from prune_recover.files import cache_root, write_bytes_atomic
+from prune_recover.files import cache_root, write_text_atomic
 from prune_recover.lm import eval_mode, model_device
 
 ZEROSHOT_GROUP = "zeroshot"
@@ -66,9 +66,8 @@ def zeroshot_include_path(data_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for template in templates.iterdir():
         if template.name.endswith(".yaml"):
-            text = template.read_text().replace("__ZEROSHOT_DIR__", str(folder)).encode()
             # whole or not at all: lm-eval reads these while another process (a DDP rank) may be writing them
-            write_bytes_atomic(out / template.name, lambda file, text=text: file.write(text))
+            write_text_atomic(out / template.name, template.read_text().replace("__ZEROSHOT_DIR__", str(folder)))
     return out
 
 

@@ -18,7 +18,7 @@ import random
 import re
 from pathlib import Path
 
-from prune_recover.files import cache_root, write_bytes_atomic
+from prune_recover.files import cache_root, write_text_atomic
 
 LOCAL_TASKS = ("wikitext2_cloze", "wikitext2_title")
 # Bumped when the items or YAMLs change, so that a cache written by older code is not read as current.
@@ -91,13 +91,9 @@ def build_local_tasks(wikitext_test: str | Path, num_items: int = 200, seed: int
     # above looks for, after their data.
     for name, rows in items.items():
         data = folder / f"{name}.jsonl"
-        _write_text(data, "".join(json.dumps(row) + "\n" for row in rows))
-        _write_text(folder / f"{name}.yaml", _TASK_YAML.format(name=name, data=json.dumps(str(data))))
+        write_text_atomic(data, "".join(json.dumps(row) + "\n" for row in rows))
+        write_text_atomic(folder / f"{name}.yaml", _TASK_YAML.format(name=name, data=json.dumps(str(data))))
     return folder
-
-
-def _write_text(path: Path, text: str) -> None:
-    write_bytes_atomic(path, lambda file: file.write(text.encode()))
 
 
 def _item(context: str, answer: str, distractors: list[str], rng: random.Random) -> dict:
