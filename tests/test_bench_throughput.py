@@ -13,6 +13,7 @@ import torch
 from bench.throughput import StepTimer, batches, lightning_run, plain_run
 from prune_recover.tiny_models import tiny_random
 from prune_recover.training.recovery_module import RecoveryModule
+from tests.conftest import tiny_trainer
 
 
 def test_both_loops_train_and_report_tokens_per_second():
@@ -29,18 +30,10 @@ class SlowTeardown(L.Callback):
         time.sleep(0.2)
 
 
-def test_the_lightning_loops_clock_stops_at_the_last_step_not_after_the_fits_teardown():
+def test_the_lightning_loops_clock_stops_at_the_last_step_not_after_the_fits_teardown(tmp_path):
     model, _ = tiny_random("llama")
     timer, slow = StepTimer(warmup=1), SlowTeardown()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer, slow],
-    )
+    trainer = tiny_trainer(tmp_path, callbacks=[timer, slow], max_steps=4)
     blocks = torch.randint(0, model.config.vocab_size, (8, 16))
     trainer.fit(RecoveryModule(model), batches(blocks, 2))
     assert timer.start < timer.end <= slow.started and timer.tokens == 3 * 2 * 16

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from prune_recover.tiny_models import byte_tokenizer  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
+from tests.conftest import tiny_trainer  # noqa: E402
 
 
 class Recorder(L.LightningModule):
@@ -37,17 +38,15 @@ def main(out: Path, files: dict, ckpt_path: str | None) -> None:
     L.seed_everything(0)
     data = CausalLMDataModule(byte_tokenizer(), files=files, block_size=32, batch_size=2)
     module = Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    checkpoints = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    trainer = tiny_trainer(
+        out,
+        callbacks=[checkpoints],
         devices=2,
         strategy="ddp",
         max_steps=14,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=4, save_top_k=-1)],
-        default_root_dir=str(out),
+        enable_checkpointing=True,
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(module.fed))

@@ -22,7 +22,7 @@ from prune_recover.tiny_models import tiny_random  # noqa: E402
 from prune_recover.training.guards import FiniteLossGuard  # noqa: E402
 from prune_recover.training.recovery_module import RecoveryModule  # noqa: E402
 from prune_recover.training.signals import GracefulStop  # noqa: E402
-from tests.conftest import tiny_data  # noqa: E402
+from tests.conftest import tiny_data, tiny_trainer  # noqa: E402
 
 
 class TroubleOnRankOne(L.Callback):
@@ -41,18 +41,13 @@ class TroubleOnRankOne(L.Callback):
 
 def main(mode: str, out: Path, wikitext_dir: str) -> None:
     stop = GracefulStop()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = tiny_trainer(
+        out,
+        callbacks=[stop, FiniteLossGuard(), TroubleOnRankOne(mode)],
         devices=2,
         strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60)),
         max_steps=20,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        default_root_dir=str(out),
-        callbacks=[stop, FiniteLossGuard(), TroubleOnRankOne(mode)],
     )
     try:
         trainer.fit(RecoveryModule(tiny_random("llama")[0]), datamodule=tiny_data(wikitext_dir))
