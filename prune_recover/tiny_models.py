@@ -7,7 +7,7 @@ They build in milliseconds, need no files and no network, and exercise every cod
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers import models as tokenizer_models
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -16,14 +16,20 @@ from prune_recover.arch import family_of
 TINY_RANDOM = "tiny-random"
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with 259 ids (3 specials + 256 bytes): no files, no training, any text."""
+def byte_tokenizer(leading_bos: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with 259 ids (3 specials + 256 bytes): no files, no training, any text.
+
+    Args:
+        leading_bos: Put BOS before every text it encodes (with special tokens), as Llama 3's and Gemma's do.
+    """
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
     for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[char] = len(vocab)
     backend = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
+    if leading_bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
-from prune_recover.data.tokens import SEPARATORS, joined_ids, tokenize_rows, windows
+from prune_recover.data.tokens import SEPARATORS, joined_ids, text_per_window, tokenize_rows, windows
 
 SINGLE = "data"  # the name of the one component of a data module without a mixture
 SOURCE_FIELDS = ("wikitext_dir", "hub_dataset", "hub_config", "files", "text_field")
@@ -77,6 +77,12 @@ class Component:
         """Source, split and weight, for reports."""
         return f"{self.source.describe(self.train_split)} (weight {self.weight:g})"
 
+    def describe_val(self) -> str:
+        """Where validation comes from, for reports."""
+        if self.holds_out:
+            return f"{self.source.describe(self.train_split)} (last {self.val_fraction:.0%})"
+        return (self.val_source or self.source).describe(self.val_split)
+
     def tokenized(self, split: str, tokenizer: PreTrainedTokenizerBase, streaming: bool = False):
         """Tokenized rows of `split` from the component's source (the validation source for `val_split`)."""
         source = self.val_source if split == self.val_split and self.val_source is not None else self.source
@@ -100,12 +106,12 @@ class Component:
                 break
         return torch.tensor(ids[:count], dtype=torch.long)
 
-    def val_blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int):
+    def val_blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int, bos: int | None = None):
         """The validation split packed into blocks, without reading the training split (a component that holds
         part of its training split out has no validation split of its own: see `blocks`)."""
         if self.holds_out:
             raise ValueError(f"{self.describe()} validates on the held-out end of its training split")
-        val = pack(self.tokenized(self.val_split, tokenizer), block_size)
+        val = pack(self.tokenized(self.val_split, tokenizer), block_size, bos)
         self._check_not_empty("validation", val, block_size)
         return val
 
@@ -113,14 +119,14 @@ class Component:
         if len(part) == 0:
             raise ValueError(f"{self.describe()}: the {name} text holds fewer tokens than one block of {block_size}")
 
-    def blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int) -> tuple:
-        """`(train, val)` packed map-style datasets of `block_size` tokens."""
-        train = pack(self.tokenized(self.train_split, tokenizer), block_size)
+    def blocks(self, tokenizer: PreTrainedTokenizerBase, block_size: int, bos: int | None = None) -> tuple:
+        """`(train, val)` packed map-style datasets of `block_size` tokens (each started with `bos` if given)."""
+        train = pack(self.tokenized(self.train_split, tokenizer), block_size, bos)
         if not self.holds_out:
-            val = self.val_blocks(tokenizer, block_size)
+            val = self.val_blocks(tokenizer, block_size, bos)
         else:
             tokens = joined_ids(self.source.rows(self.train_split), tokenizer, self.separator).numel()
-            held_out = max(1, int(tokens * self.val_fraction) // block_size)
+            held_out = max(1, int(tokens * self.val_fraction) // text_per_window(block_size, bos))
             if held_out >= len(train):
                 raise ValueError(
                     f"{self.describe()} gives {len(train)} blocks of {block_size} tokens; holding out {held_out} "
@@ -213,12 +219,18 @@ def proportional_counts(total: int, weights: list[float]) -> list[int]:
 
 
 def calibration_windows(
-    components: list[Component], train_blocks: list, num_samples: int, seq_len: int, seed: int | None
+    components: list[Component],
+    train_blocks: list,
+    num_samples: int,
+    seq_len: int,
+    seed: int | None,
+    bos: int | None = None,
 ) -> torch.Tensor:
-    """`num_samples` windows of `seq_len` tokens from the components' training blocks, in proportion to weight."""
+    """`num_samples` windows of `seq_len` tokens from the components' training blocks, in proportion to weight
+    (the text of the blocks, re-cut: each window started with `bos` when it is given, as the blocks are)."""
     counts = proportional_counts(num_samples, [c.weight for c in components])
     drawn = [
-        windows(block_tensor(blocks).flatten(), seq_len, count, seed)
+        windows(block_tensor(blocks)[:, int(bos is not None) :].flatten(), seq_len, count, seed, bos)
         for blocks, count in zip(train_blocks, counts, strict=True)
         if count
     ]

@@ -1,7 +1,9 @@
 """Rows of text -> token ids (`Dataset.map`, cached by the dataset fingerprint), and windows cut from ids.
 
-No special tokens are added; with the `eos` separator every row ends with the EOS token, so that
-documents do not run into each other once packed.
+No special tokens are added to rows; with the `eos` separator every row ends with the EOS token, so that
+documents do not run into each other once packed. Models whose tokenizer starts every text with BOS (Llama 3,
+Gemma, ...) expect it at the first position (where they keep their attention sink): with `data.bos` (default
+`auto`: what the tokenizer itself does) every window and training block starts with BOS, followed by the text.
 """
 
 from __future__ import annotations
@@ -10,6 +12,28 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 SEPARATORS = ("eos", "none")
+BOS_SETTINGS = ("auto", True, False)
+
+
+def check_bos_setting(setting) -> None:
+    """Refuse a `data.bos` other than `auto`, true or false."""
+    if setting not in BOS_SETTINGS or not isinstance(setting, (str, bool)):
+        raise ValueError(f"data.bos must be one of {BOS_SETTINGS}, got {setting!r}")
+
+
+def leading_bos(setting: str | bool, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id every window and block starts with, or None (`data.bos`).
+
+    Args:
+        setting: `auto` (BOS when the tokenizer puts one before a text by itself), True, or False.
+    """
+    check_bos_setting(setting)
+    bos = tokenizer.bos_token_id
+    if setting is True and bos is None:
+        raise ValueError(f"data.bos=true but the tokenizer {type(tokenizer).__name__} has no BOS token")
+    if setting == "auto":
+        return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
+    return bos if setting else None
 
 
 def tokenize_rows(rows, tokenizer: PreTrainedTokenizerBase, separator: str = "none"):
@@ -48,7 +72,14 @@ def joined_ids(rows, tokenizer: PreTrainedTokenizerBase, separator: str = "none"
     return ids[:-1] if separator == "eos" and ids.numel() else ids
 
 
-def windows(ids: torch.Tensor, seq_len: int, count: int | None = None, seed: int | None = None) -> torch.Tensor:
+def text_per_window(seq_len: int, bos: int | None) -> int:
+    """Text tokens in a window of `seq_len` tokens: all of them, or all but the leading BOS."""
+    return seq_len - (bos is not None)
+
+
+def windows(
+    ids: torch.Tensor, seq_len: int, count: int | None = None, seed: int | None = None, bos: int | None = None
+) -> torch.Tensor:
     """Non-overlapping windows of `seq_len` tokens, shape `[count, seq_len]`.
 
     Args:
@@ -56,18 +87,22 @@ def windows(ids: torch.Tensor, seq_len: int, count: int | None = None, seed: int
         seq_len: Tokens per window.
         count: How many windows; None takes all that fit.
         seed: None takes the first `count` windows in order; an int draws `count` of them at random.
+        bos: A BOS id to start every window with (then followed by `seq_len - 1` text tokens), or None.
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
-    available = ids.numel() // seq_len
+    text = text_per_window(seq_len, bos)
+    available = ids.numel() // text
     count = available if count is None else count
     if count < 1 or count > available:
         raise ValueError(f"asked for {count} windows of {seq_len} tokens but the text holds {available}")
-    all_windows = ids[: available * seq_len].view(available, seq_len)
+    all_windows = ids[: available * text].view(available, text)
     if seed is None:
-        return all_windows[:count].clone()
-    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:count]
-    return all_windows[order].clone()
+        chosen = all_windows[:count].clone()
+    else:
+        order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:count]
+        chosen = all_windows[order].clone()
+    return chosen if bos is None else torch.cat([torch.full((count, 1), bos, dtype=chosen.dtype), chosen], dim=1)
 
 
 def batched(samples: torch.Tensor, batch_size: int) -> list[torch.Tensor]:

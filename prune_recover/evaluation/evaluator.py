@@ -35,6 +35,7 @@ class Evaluator:
             the end (a sweep that scores its one base model once, with `python -m prune_recover.eval`).
         precision: What the forward passes of perplexity and tasks compute in: `float32`, or autocast to
             `bfloat16` / `float16` (the precision a mixed-precision run trains in).
+        bos: The BOS id every perplexity window starts with (`data.bos`), or None.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Evaluator:
         task_limit: int | None = None,
         tasks_before_pruning: bool = True,
         precision: str = "float32",
+        bos: int | None = None,
     ):
         if not seq_lens:
             raise ValueError("eval.seq_lens must name at least one window length")
@@ -57,7 +59,7 @@ class Evaluator:
         self.task_limit = task_limit
         self.tasks_before_pruning = tasks_before_pruning
         self.precision = precision
-        self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size, precision) for n in seq_lens]
+        self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size, precision, bos) for n in seq_lens]
         longest = max(p.seq_len for p in self.protocols)
         for name, ids in self.domains.items():
             if ids.numel() < longest:
@@ -122,6 +124,7 @@ def build_evaluator(
     zeroshot_dir: str | Path | None = None,
     tasks_before_pruning: bool = True,
     precision: str = "float32",
+    bos: int | None = None,
 ) -> Evaluator:
     """The evaluator of the `eval` config node; everything it reads is read and checked here, before weights load.
 
@@ -132,6 +135,7 @@ def build_evaluator(
         tasks: lm-eval task names (`zeroshot`, its tasks, the local WikiText tasks, lm-eval's own).
         zeroshot_dir: Folder of the zero-shot suite's JSON lines.
         precision: The forward passes' precision (`float32`, `bfloat16`, `float16`), checked before anything is read.
+        bos: The BOS id perplexity windows and task contexts start with (the data module's `bos_id()`), or None.
     """
     check_forward_precision(precision)
     domains = {test_name: test_ids}
@@ -147,8 +151,8 @@ def build_evaluator(
         from prune_recover.evaluation.tasks import build_task_evaluator
 
         task_evaluator = build_task_evaluator(
-            tokenizer, list(tasks), zeroshot_dir, test_file, task_limit, task_batch_size
+            tokenizer, list(tasks), zeroshot_dir, test_file, task_limit, task_batch_size, bos is not None
         )
     return Evaluator(
-        domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit, tasks_before_pruning, precision
+        domains, seq_lens, max_windows, batch_size, task_evaluator, task_limit, tasks_before_pruning, precision, bos
     )

@@ -2,7 +2,8 @@
 
 Protocol: the split is read as one string and tokenized once (no special tokens added); the ids
 are cut into non-overlapping windows of `seq_len` tokens (the tail that does not fill a window is
-dropped; `max_windows` keeps only the first ones). Each window is scored on its own, without
+dropped; `max_windows` keeps only the first ones). For a model whose tokenizer starts texts with BOS
+(`data.bos`), each window is BOS followed by `seq_len - 1` tokens of the text. Each window is scored on its own, without
 context from the previous one: the `seq_len - 1` next-token predictions of each window contribute
 their negative log-likelihood, computed from float32 logits and summed in float64. The forward pass
 computes in `precision` (float32, or autocast to bfloat16 as a bf16 training run computes: faster on a CPU
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from prune_recover.data.tokens import windows
+from prune_recover.data.tokens import text_per_window, windows
 from prune_recover.lm import check_forward_precision, eval_mode, forward_precision, model_device, summed_nll
 
 
@@ -33,12 +34,14 @@ class PerplexityProtocol:
         max_windows: Score only the first this many windows; None scores the whole split.
         batch_size: Windows per forward pass (does not change the result).
         precision: What the forward pass computes in: `float32`, or autocast to `bfloat16` / `float16`.
+        bos: The BOS id each window starts with (then `seq_len - 1` text tokens), or None.
     """
 
     seq_len: int = 1024
     max_windows: int | None = None
     batch_size: int = 1
     precision: str = "float32"
+    bos: int | None = None
 
     def __post_init__(self):
         check_forward_precision(self.precision)
@@ -52,7 +55,7 @@ class PerplexityProtocol:
 
     def window_count(self, ids: torch.Tensor) -> int:
         """How many windows of `ids` this protocol scores."""
-        available = ids.numel() // self.seq_len
+        available = ids.numel() // text_per_window(self.seq_len, self.bos)
         return available if self.max_windows is None else min(self.max_windows, available)
 
 
@@ -68,7 +71,7 @@ class PerplexityResult:
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, protocol: PerplexityProtocol) -> PerplexityResult:
     """Perplexity of `model` on the 1-D token ids `ids` under `protocol` (measured in eval mode)."""
-    samples = windows(ids, protocol.seq_len, count=protocol.window_count(ids))
+    samples = windows(ids, protocol.seq_len, count=protocol.window_count(ids), bos=protocol.bos)
     device = model_device(model)
     nll_sum, tokens = 0.0, 0
     with eval_mode(model), forward_precision(protocol.precision, device):

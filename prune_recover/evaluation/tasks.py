@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prune_recover.data.tokens import leading_bos
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
 from prune_recover.files import cache_root, write_text_atomic
 from prune_recover.lm import eval_mode, model_device
@@ -118,6 +119,7 @@ class TaskEvaluator:
         include_paths: Folders of extra task YAMLs (`zeroshot_include_path`, `build_local_tasks`).
         limit: Evaluate only the first this many items per task (None = all).
         batch_size: Requests per forward pass.
+        add_bos: Start every request with BOS (True) or never (False); None leaves it to the tokenizer.
     """
 
     tokenizer: object
@@ -125,6 +127,7 @@ class TaskEvaluator:
     include_paths: list[Path] = field(default_factory=list)
     limit: int | None = None
     batch_size: int = 8
+    add_bos: bool | None = None
     _manager: object = field(default=None, init=False, repr=False)
 
     def task_manager(self):
@@ -178,6 +181,7 @@ class TaskEvaluator:
                 tokenizer=self.tokenizer,
                 device=str(device),
                 batch_size=self.batch_size,
+                add_bos_token=self.add_bos,
                 mixed_precision_dtype=autocast,
                 softmax_dtype=torch.float32 if autocast is not None else None,
             )
@@ -206,15 +210,21 @@ def build_task_evaluator(
     wikitext_test: str | Path | None = None,
     limit: int | None = None,
     batch_size: int = 8,
+    add_bos: bool | None = None,
 ) -> TaskEvaluator:
     """A `TaskEvaluator` with the include paths its tasks need, checked now (before any weights load).
 
     Raises:
         FileNotFoundError: the zero-shot files or the WikiText-2 test file are missing.
-        ValueError: a task name lm-eval does not know, or a bad limit.
+        ValueError: a task name lm-eval does not know, a bad limit, or BOS asked of a tokenizer that does not add it.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"eval.task_limit must be a positive number of items per task or null, got {limit}")
+    if add_bos and leading_bos("auto", tokenizer) is None:
+        raise ValueError(
+            "data.bos=true, but lm-eval adds BOS only through the tokenizer, and this one does not put it first: "
+            "the tasks would be scored without it. Use data.bos=auto or false with eval.tasks"
+        )
     include_paths = []
     if set(tasks) & {ZEROSHOT_GROUP, *ZEROSHOT_TASKS}:
         include_paths.append(zeroshot_include_path(zeroshot_dir or os.environ.get(ZEROSHOT_ENV, "")))
@@ -222,6 +232,6 @@ def build_task_evaluator(
         if wikitext_test is None:
             raise ValueError(f"the local tasks {LOCAL_TASKS} are built from a local WikiText-2 test file")
         include_paths.append(build_local_tasks(wikitext_test))
-    evaluator = TaskEvaluator(tokenizer, list(tasks), include_paths, limit, batch_size)
+    evaluator = TaskEvaluator(tokenizer, list(tasks), include_paths, limit, batch_size, add_bos)
     evaluator.task_manager()  # unknown names fail here
     return evaluator

@@ -101,4 +101,4 @@ def evaluator_for(cfg, data, tokenizer):
     from prune_recover.evaluation.evaluator import build_evaluator
 
     test = data.test_split
-    return build_evaluator(data.token_ids(test), tokenizer, data.local_file(test), **cfg.eval)
+    return build_evaluator(data.token_ids(test), tokenizer, data.local_file(test), **cfg.eval, bos=data.bos_id())

@@ -30,7 +30,7 @@ log = get_logger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
 # What a resumed run must share with the run it resumes (a path into the config, dotted).
-RESUME_KEYS = ("model.name", "pruning", "schedule", "recovery.method", "data.block_size")
+RESUME_KEYS = ("model.name", "pruning", "schedule", "recovery.method", "data.block_size", "data.bos")
 # What marks an output folder as used by an earlier run.
 RUN_OUTPUTS = ("final", "pruning_report.json", "checkpoints", "hpc_ckpt_*.ckpt")
 
@@ -102,8 +102,10 @@ def check_resume_settings(output_dir: Path, settings: dict) -> None:
     if not saved_file.is_file():
         return  # a run from before the settings were recorded: nothing to compare
     saved = json.loads(saved_file.read_text())
-    differences = [
-        f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in settings.items() if saved.get(key) != value
+    differences = [  # a key the run did not record (it predates the key) has nothing to compare
+        f"{key}: {saved[key]!r} then, {value!r} now"
+        for key, value in settings.items()
+        if saved.get(key, value) != value
     ]
     if differences:
         raise ValueError(

@@ -30,7 +30,7 @@ from prune_recover.data.mixture import (
 )
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
-from prune_recover.data.tokens import batched, joined_ids, windows
+from prune_recover.data.tokens import batched, check_bos_setting, joined_ids, leading_bos, text_per_window, windows
 from prune_recover.training.resume import EpochShuffle, StreamLoader
 
 
@@ -42,6 +42,7 @@ class CausalLMDataModule(L.LightningDataModule):
         wikitext_dir, hub_dataset, hub_config, files, text_field: The top-level source (see `Source.resolve`);
             `$PRUNE_RECOVER_WIKITEXT2` names a WikiText-2 folder when none is set.
         document_separator: `eos` ends every row with the EOS token; `none` joins rows as they are.
+        bos: Start every block and window with BOS: `auto` (when the tokenizer starts texts with it), True, False.
         train_split: Split trained on (without a mixture).
         val_split: Split validated on; when equal to `train_split`, `val_fraction` of it is held out.
         test_split: Split perplexity is reported on; never trained, validated or calibrated on.
@@ -68,6 +69,7 @@ class CausalLMDataModule(L.LightningDataModule):
         files: Mapping[str, str | list[str]] | None = None,
         text_field: str = "text",
         document_separator: str = "eos",
+        bos: str | bool = "auto",
         train_split: str = "train",
         val_split: str = "valid",
         test_split: str = "test",
@@ -98,12 +100,12 @@ class CausalLMDataModule(L.LightningDataModule):
         )
         if test_split == self.calibration.split or (not mixture and test_split in (train_split, val_split)):
             raise ValueError(f"test split '{test_split}' may not be trained, validated or calibrated on")
-        self.document_separator = document_separator
+        check_bos_setting(bos)
+        self.document_separator, self.bos = document_separator, bos
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
-        self.val_fraction = val_fraction
         self.block_size, self.batch_size = block_size, batch_size
         self.max_val_blocks, self.streaming, self.num_workers = max_val_blocks, streaming, num_workers
-        self.mixture_seed = mixture_seed
+        self.val_fraction, self.mixture_seed = val_fraction, mixture_seed
         if mixture:
             self.components = [component_from_config(name, spec, document_separator) for name, spec in mixture.items()]
         else:
@@ -155,10 +157,15 @@ class CausalLMDataModule(L.LightningDataModule):
             self._ids[split] = joined_ids(self.source(split).rows(split), self.tokenizer, self.document_separator)
         return self._ids[split]
 
+    def bos_id(self) -> int | None:
+        """The BOS id every block and window starts with (`data.bos` for this tokenizer), or None."""
+        self._check_tokenizer()
+        return leading_bos(self.bos, self.tokenizer)
+
     def _component_blocks(self) -> list[tuple]:
         if "components" not in self._blocks:
-            self._check_tokenizer()
-            self._blocks["components"] = [c.blocks(self.tokenizer, self.block_size) for c in self.components]
+            bos = self.bos_id()
+            self._blocks["components"] = [c.blocks(self.tokenizer, self.block_size, bos) for c in self.components]
         return self._blocks["components"]
 
     def _val_blocks(self):
@@ -167,8 +174,7 @@ class CausalLMDataModule(L.LightningDataModule):
         if not self.streaming:
             return self._train_val_blocks()[1]
         if "val" not in self._blocks:
-            self._check_tokenizer()
-            parts = [c.val_blocks(self.tokenizer, self.block_size) for c in self.components]
+            parts = [c.val_blocks(self.tokenizer, self.block_size, self.bos_id()) for c in self.components]
             val = interleave(parts, [c.weight for c in self.components], self.mixture_seed)
             self._blocks["val"] = val.with_format("torch")
         return self._blocks["val"]
@@ -189,8 +195,7 @@ class CausalLMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         """Training batches from a loader whose position Lightning stores in every checkpoint (exact resume)."""
         if self.streaming:
-            self._check_tokenizer()
-            streams = [pack(c.rank_share(self.tokenizer), self.block_size) for c in self.components]
+            streams = [pack(c.rank_share(self.tokenizer), self.block_size, self.bos_id()) for c in self.components]
             stream = interleave(streams, [c.weight for c in self.components], self.mixture_seed)
             return StreamLoader(stream.with_format("torch"), batch_size=self.batch_size, num_workers=self.num_workers)
         blocks = self._train_val_blocks()[0]
@@ -221,29 +226,25 @@ class CausalLMDataModule(L.LightningDataModule):
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """Calibration windows `[batch_size, seq_len]`: from `calibration.split`, else from the training mixture."""
-        spec = self.calibration
+        spec, bos = self.calibration, self.bos_id()
         if spec.split is not None:
-            samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed)
+            samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed, bos)
         elif self.streaming:
-            first = self.components[0].first_streamed_tokens(self.tokenizer, spec.num_samples * spec.seq_len)
-            samples = windows(first, spec.seq_len)
+            text = spec.num_samples * text_per_window(spec.seq_len, bos)
+            samples = windows(self.components[0].first_streamed_tokens(self.tokenizer, text), spec.seq_len, bos=bos)
         else:
-            train_blocks = [train for train, _ in self._component_blocks()]
-            samples = calibration_windows(self.components, train_blocks, spec.num_samples, spec.seq_len, spec.seed)
+            blocks = [train for train, _ in self._component_blocks()]
+            samples = calibration_windows(self.components, blocks, spec.num_samples, spec.seq_len, spec.seed, bos)
         return batched(samples, spec.batch_size)
 
     def describe(self) -> dict:
         """Where training, validation and test text come from, and the block and calibration settings."""
         return {
             "train": {c.name: c.describe() for c in self.components},
-            "val": {c.name: self._describe_val(c) for c in self.components},
+            "val": {c.name: c.describe_val() for c in self.components},
             "test": self.describe_split(self.test_split),
             "block_size": self.block_size,
+            "bos": self.bos_id(),
             "batch_size": self.batch_size,
             "calibration": asdict(self.calibration),
         }
-
-    def _describe_val(self, component: Component) -> str:
-        if component.holds_out:
-            return f"{component.source.describe(component.train_split)} (last {component.val_fraction:.0%})"
-        return (component.val_source or component.source).describe(component.val_split)

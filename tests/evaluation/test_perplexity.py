@@ -27,6 +27,21 @@ def test_perplexity_is_exp_of_summed_nll_over_non_overlapping_windows():
     assert perplexity(model, ids, PerplexityProtocol(seq_len=128)).tokens == 7 * 127 and model.training
 
 
+def test_with_a_bos_id_every_window_is_bos_then_the_next_seq_len_minus_one_tokens():
+    model, tokenizer = tiny_random("llama")
+    ids = torch.randint(3, 259, (1000,), generator=torch.Generator().manual_seed(0))
+    result = perplexity(model, ids, PerplexityProtocol(seq_len=128, max_windows=3, bos=tokenizer.bos_token_id))
+    nll = 0.0
+    with torch.no_grad():
+        for i in range(3):
+            window = torch.cat([torch.tensor([tokenizer.bos_token_id]), ids[i * 127 : (i + 1) * 127]])[None]
+            nll += model(window, labels=window).loss.item() * 127  # every text token predicted, the first from BOS
+    assert result.tokens == 3 * 127
+    assert math.isclose(result.ppl, math.exp(nll / result.tokens), rel_tol=1e-5)
+    assert PerplexityProtocol(seq_len=128, bos=1).window_count(ids) == 7  # 1000 // 127
+    assert result.ppl != perplexity(model, ids, PerplexityProtocol(seq_len=128, max_windows=3)).ppl
+
+
 def test_evaluator_reports_every_length_and_rejects_too_short_text():
     model, _ = tiny_random("llama")
     ids = torch.randint(3, 259, (600,))

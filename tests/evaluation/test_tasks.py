@@ -18,7 +18,7 @@ from prune_recover.evaluation.tasks import (
     zeroshot_include_path,
 )
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
-from prune_recover.tiny_models import tiny_random
+from prune_recover.tiny_models import byte_tokenizer, tiny_random
 from tests.conftest import REPO
 
 lm_eval = pytest.importorskip("lm_eval", reason='the lm-eval bridge needs pip install -e ".[eval]"')
@@ -202,6 +202,27 @@ def test_a_group_of_tasks_reports_its_tasks_and_its_own_row_is_left_out(tmp_path
     evaluator = TaskEvaluator(tokenizer, ["pair"], [zeroshot_include_path(ZEROSHOT_DIR), tmp_path], limit=2)
     result = evaluator(model)
     assert set(result["tasks"]) == {"arc_easy", "piqa"} and result["tasks"]["piqa"]["items"] == 2
+
+
+def test_tasks_refuse_a_bos_the_tokenizer_would_not_add_before_anything_loads():
+    with pytest.raises(ValueError, match="data.bos=true, but lm-eval adds BOS only through the tokenizer"):
+        build_task_evaluator(byte_tokenizer(), ["arc_easy"], ZEROSHOT_DIR, limit=2, add_bos=True)
+
+
+def test_tasks_start_every_request_with_bos_as_the_perplexity_windows_do():
+    model, _ = tiny_random("llama")
+    tokenizer = byte_tokenizer(leading_bos=True)
+    first_tokens = []
+
+    def record_first_tokens(_module, args, kwargs):
+        first_tokens.append((args[0] if args else kwargs["input_ids"])[:, 0])
+
+    model.register_forward_pre_hook(record_first_tokens, with_kwargs=True)
+    for add_bos, expected in [(True, True), (False, False)]:
+        first_tokens.clear()
+        build_task_evaluator(tokenizer, ["arc_easy"], ZEROSHOT_DIR, limit=2, add_bos=add_bos)(model)
+        starts = torch.cat(first_tokens)
+        assert bool((starts == tokenizer.bos_token_id).all()) is expected, starts
 
 
 def test_metrics_under_several_filters_keep_their_filter():

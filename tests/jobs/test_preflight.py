@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from prune_recover.jobs.preflight import SETTINGS_FILE, check_resume_settings
 from tests.test_train_cli import compose_config, tiny_overrides
 from train import run
 
@@ -53,6 +54,15 @@ def test_resuming_under_other_settings_is_refused_and_names_them(wikitext_dir, t
     resumed = tiny_overrides(wikitext_dir, out) + ["ckpt_path=last", "pruning.ratio=0.5", "trainer.max_steps=6"]
     with pytest.raises(ValueError, match=r"other settings.*pruning: .*'ratio': 0.4.* then, .*'ratio': 0.5"):
         run(compose_config(resumed))
+
+
+def test_a_setting_the_resumed_run_did_not_record_is_not_compared(tmp_path):
+    now = {"model.name": "tiny-random", "data.bos": "auto"}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"model.name": "tiny-random"}))  # a run from before data.bos
+    check_resume_settings(tmp_path, now)
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"model.name": "tiny-random", "data.bos": False}))
+    with pytest.raises(ValueError, match="data.bos: False then, 'auto' now"):
+        check_resume_settings(tmp_path, now)
 
 
 def test_a_schedule_left_half_done_fails_and_exports_nothing(wikitext_dir, tmp_path):

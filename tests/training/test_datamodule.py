@@ -6,6 +6,7 @@ import torch
 from prune_recover.data.packing import block_tensor
 from prune_recover.data.sources import Source
 from prune_recover.data.tokens import concatenated_ids, tokenize_rows
+from prune_recover.evaluation.evaluator import build_evaluator
 from prune_recover.tiny_models import byte_tokenizer
 from prune_recover.training.datamodule import CausalLMDataModule
 
@@ -45,6 +46,28 @@ def test_calibration_comes_from_the_training_part(wikitext_dir):
     assert torch.equal(batches[0][1], block_tensor(data._train_val_blocks()[0]).flatten()[32:64])
 
 
+def test_with_a_tokenizer_that_starts_texts_with_bos_every_block_and_window_starts_with_it(wikitext_dir):
+    data = wikitext(wikitext_dir, calibration={"num_samples": 6, "seq_len": 32, "batch_size": 4, "seed": None})
+    data.set_tokenizer(byte_tokenizer(leading_bos=True))  # as Llama 3's and Gemma's: data.bos=auto follows it
+    valid, bos = file_ids(wikitext_dir / "wiki.valid.raw", data.tokenizer), data.tokenizer.bos_token_id
+    text = valid[: valid.numel() // 63 * 63].view(-1, 63)
+    blocks = torch.cat([torch.full((len(text), 1), bos), text], dim=1)
+    held_out = int(valid.numel() * 0.1) // 63
+    train, val = data._train_val_blocks()
+    assert torch.equal(block_tensor(train), blocks[:-held_out]) and torch.equal(block_tensor(val), blocks[-held_out:])
+    assert (next(iter(data.train_dataloader()))["input_ids"][:, 0] == bos).all()
+    first = data.calibration_batches()[0]
+    assert torch.equal(first[0], torch.cat([torch.tensor([bos]), text.flatten()[:31]]))
+    assert torch.equal(first[1], torch.cat([torch.tensor([bos]), text.flatten()[31:62]]))
+    assert data.describe()["bos"] == bos
+    evaluator = build_evaluator(data.token_ids("test"), data.tokenizer, seq_lens=[64], bos=data.bos_id())
+    assert evaluator.protocols[0].bos == bos
+    data = wikitext(wikitext_dir, bos=False)
+    data.set_tokenizer(byte_tokenizer(leading_bos=True))
+    valid_blocks = valid[: valid.numel() // 64 * 64].view(-1, 64)
+    assert torch.equal(block_tensor(data._train_val_blocks()[0]), valid_blocks[: -(int(valid.numel() * 0.1) // 64)])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
@@ -54,6 +77,7 @@ def test_calibration_comes_from_the_training_part(wikitext_dir):
         ({"files": {"train": __file__}}, ValueError, "set one data source"),
         ({"document_separator": "newline"}, ValueError, r"data.document_separator must be one of \('eos', 'none'\)"),
         ({"calibration": {"num_samples": 0}}, ValueError, "data.calibration needs num_samples >= 1"),
+        ({"bos": "yes"}, ValueError, r"data.bos must be one of \('auto', True, False\), got 'yes'"),
     ],
 )
 def test_bad_data_settings(wikitext_dir, kwargs, error, message):
