@@ -2,7 +2,7 @@
 
 No special tokens are added to rows; with the `eos` separator every row ends with the EOS token, so that
 documents do not run into each other once packed. Models whose tokenizer starts every text with BOS (Llama 3,
-Gemma, ...) expect it at the first position (where they keep their attention sink): with `data.bos` (default
+Gemma, ...) were trained with it at the first position: with `data.bos` (default
 `auto`: what the tokenizer itself does) every window and training block starts with BOS, followed by the text.
 """
 
