@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -11,9 +12,10 @@ from pathlib import Path
 # setenv came too late: in-process tests reached for the hub, 20+ s of retries per lookup, and lm-eval's datasets
 # wrote into the user's ~/.cache/huggingface/datasets.) Subprocesses inherit them, and a worker that imports this
 # file reuses the test process's cache folder instead of leaving one of its own behind.
-_CACHE_MADE_HERE = "PRUNE_RECOVER_TESTS_DATASETS_CACHE" not in os.environ
-if _CACHE_MADE_HERE:
+# The process that made the folder removes it when it exits (a pytest session, or a script importing the tests).
+if "PRUNE_RECOVER_TESTS_DATASETS_CACHE" not in os.environ:
     os.environ["PRUNE_RECOVER_TESTS_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="prune-recover-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["PRUNE_RECOVER_TESTS_DATASETS_CACHE"], ignore_errors=True)
 DATASETS_CACHE = Path(os.environ["PRUNE_RECOVER_TESTS_DATASETS_CACHE"])
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -36,13 +38,6 @@ def _isolated(monkeypatch, tmp_path_factory):
     if "PRUNE_RECOVER_CACHE" not in os.environ:
         monkeypatch.setenv("PRUNE_RECOVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     torch.manual_seed(0)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _datasets_cache_removed():
-    yield
-    if _CACHE_MADE_HERE:
-        shutil.rmtree(DATASETS_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The suite runs offline and writes nothing into the user's caches, in process as in its subprocesses."""
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,3 +30,15 @@ def test_a_worker_that_imports_the_conftest_uses_the_same_folder_and_leaves_none
     out = subprocess.run([sys.executable, "-c", shown], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(DATASETS_CACHE)
     assert folders() == before
+
+
+def test_a_script_that_imports_the_conftest_outside_pytest_removes_its_folder_at_exit():
+    environment = {k: v for k, v in os.environ.items() if k != "PRUNE_RECOVER_TESTS_DATASETS_CACHE"}
+    shown = "from tests.conftest import DATASETS_CACHE; print(DATASETS_CACHE, DATASETS_CACHE.is_dir())"
+    out = subprocess.run(
+        [sys.executable, "-c", shown], cwd=REPO, env=environment, capture_output=True, text=True, check=True
+    )
+    folder, existed = out.stdout.split()
+    assert folder != str(DATASETS_CACHE) and existed == "True"
+    assert not Path(folder).exists()
+    assert DATASETS_CACHE.is_dir()  # this session's folder stays until the session ends
