@@ -57,3 +57,20 @@ def replace_dir(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_dir(new: Path, target: Path) -> bool:
+    """Move the complete directory `new` to `target` unless another writer's is already there (then drop `new`).
+
+    For caches whose content is fixed by their name (two ranks converting the same file at once): `target`,
+    once there, is never renamed away under a reader, and the second writer neither fails nor replaces it.
+    Returns whether `new` was the one published.
+    """
+    try:
+        new.rename(target)  # atomic; fails when a non-empty target exists
+        return True
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(new, ignore_errors=True)
+        return False

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from prune_recover.arch import family_of
-from prune_recover.files import cache_root, replace_dir, temporary_sibling
+from prune_recover.files import cache_root, publish_dir, replace_dir, temporary_sibling
 from prune_recover.logs import get_logger
 from prune_recover.tiny_models import TINY_RANDOM, byte_tokenizer, tiny_random
 
@@ -189,6 +189,8 @@ def cached_gguf_conversion(gguf: Path) -> Path:
     target = cache_root() / "models" / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
+    if target.exists():  # not written by this code (its writes are whole): make room for a complete one
+        shutil.rmtree(target)
     log.info("Converting %s to safetensors in %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -199,16 +201,21 @@ def cached_gguf_conversion(gguf: Path) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict(), assign=True)
     model.tie_weights()
-    save_pretrained_atomic(model, tokenizer, target)
+    save_pretrained_atomic(model, tokenizer, target, replace=False)  # a rank converting at the same time may win
     return target
 
 
 def save_pretrained_atomic(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: Path, card: str | None = None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: Path,
+    card: str | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write model (+ tokenizer, + README.md card) to `out_dir`: readers see the old or the new directory, never half.
 
-    The files go to a sibling temporary directory which replaces `out_dir` only once complete.
+    The files go to a sibling temporary directory which replaces `out_dir` only once complete; with
+    `replace=False` an `out_dir` already there (another writer's, of the same content) is kept and ours dropped.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -222,5 +229,8 @@ def save_pretrained_atomic(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, out_dir)
+    if replace:
+        replace_dir(tmp, out_dir)
+    else:
+        publish_dir(tmp, out_dir)
     return out_dir

@@ -72,6 +72,17 @@ def test_atomic_save_keeps_the_previous_export_when_writing_fails(tmp_path):
     AutoModelForCausalLM.from_pretrained(target)
 
 
+def test_a_cache_entry_another_writer_published_first_is_kept_under_its_readers(tmp_path):
+    model, tokenizer = tiny_random("llama")
+    first = save_pretrained_atomic(model, tokenizer, tmp_path / "converted", replace=False)
+    inode = (first / "config.json").stat().st_ino
+    # a second rank finishing the same conversion: no error, the first one's files stay (a reader may hold them)
+    again = save_pretrained_atomic(tiny_random("llama", intermediate_size=64)[0], tokenizer, first, replace=False)
+    assert again == first and (first / "config.json").stat().st_ino == inode
+    assert AutoModelForCausalLM.from_pretrained(first).config.intermediate_size == 128
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
+
+
 def test_byte_tokenizer_round_trips_any_text():
     tokenizer = byte_tokenizer()
     text = " = Valkyria Chronicles III = \n café — 日本"
