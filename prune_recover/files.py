@@ -51,12 +51,16 @@ def temporary_sibling(target: Path, tag: str = "tmp") -> Path:
 
 
 def replace_dir(new: Path, target: Path) -> None:
-    """Swap the complete directory `new` into `target`, removing the old one only after the swap."""
+    """Swap the complete directory `new` into `target` (a directory or a file), removing the old one only after
+    the swap."""
     old = temporary_sibling(target, "old")
     if target.exists():
         target.rename(old)
     new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def publish_dir(new: Path, target: Path) -> bool:

@@ -116,12 +116,26 @@ def check_resume_settings(output_dir: Path, settings: dict) -> None:
 
 
 def remove_partial_writes(output_dir: Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that a kill interrupted (the checkpoints they were
-    replacing are intact); no write is in progress when a run starts."""
-    partial = [*output_dir.glob(".*.ckpt.tmp-*"), *(output_dir / "checkpoints").glob(".*.ckpt.tmp-*")]
+    """Delete the temporary files (and sharded checkpoints' folders) of checkpoint writes that a kill interrupted
+    (the checkpoints they were replacing are intact); no write is in progress when a run starts.
+
+    A kill inside a sharded checkpoint's swap (`files.replace_dir`, between its two renames) leaves the old folder
+    beside a missing target: it is put back."""
+    folders = [output_dir, output_dir / "checkpoints"]
+    for old in [path for folder in folders for path in folder.glob(".*.ckpt.old-*")]:
+        target = old.with_name(old.name[1:].rsplit(".old-", 1)[0])
+        if not target.exists():
+            log.warning("Restoring %s from %s: a checkpoint swap was interrupted", target, old)
+            old.rename(target)
+    partial = [
+        path for folder in folders for pattern in (".*.ckpt.tmp-*", ".*.ckpt.old-*") for path in folder.glob(pattern)
+    ]
     for path in partial:
         log.warning("Removing %s: the temporary file of a checkpoint write that was interrupted", path)
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     return partial
 
 

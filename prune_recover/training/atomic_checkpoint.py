@@ -5,6 +5,11 @@ into place; when the output folder is on another filesystem (node-local /tmp, sh
 layout) that move is a copy that first truncates the target, so a kill mid-copy leaves `last.ckpt` empty, and
 it is often the only checkpoint. `AtomicCheckpointIO` writes each checkpoint to a temporary file beside its
 target, fsyncs it and renames it over the target (`files.write_bytes_atomic`).
+
+FSDP's sharded checkpoints are folders that Lightning's `FSDPStrategy` writes itself, bypassing the
+`CheckpointIO`, file by file into the existing folder: a kill mid-write left `last.ckpt` with some shards of
+the new step and the rest (and the metadata) of the old one. `AtomicFSDPStrategy` writes the folder beside
+its target and swaps it in once every rank has written its shards.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
 
-from prune_recover.files import write_bytes_atomic
+from prune_recover.files import replace_dir, temporary_sibling, write_bytes_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,3 +31,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options}")
         write_bytes_atomic(path, lambda file: torch.save(checkpoint, file))
+
+
+class AtomicFSDPStrategy(FSDPStrategy):
+    """`FSDPStrategy` whose sharded checkpoints replace their target folder whole (full ones go through the
+    `CheckpointIO`, as in Lightning)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any = None) -> None:
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        staging = Path(self.broadcast(str(temporary_sibling(target))))  # one name for every rank
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("sharded checkpoint written")
+        if self.global_rank == 0:
+            replace_dir(staging, target)
+        self.barrier("sharded checkpoint in place")

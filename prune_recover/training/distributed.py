@@ -26,6 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from prune_recover.arch import decoder_blocks
 from prune_recover.models import load_config
+from prune_recover.training.atomic_checkpoint import AtomicFSDPStrategy
 
 FSDP_PRUNING_HELP = (
     "pruning events after step 0 are not supported under FSDP (sharded parameters cannot change shape). "
@@ -35,7 +36,8 @@ FSDP_PRUNING_HELP = (
 
 
 def decoder_block_fsdp(model_name: str, activation_checkpointing: bool = True, **kwargs) -> FSDPStrategy:
-    """Lightning's `FSDPStrategy` with the model's own decoder-block class as wrap and checkpointing unit.
+    """Lightning's `FSDPStrategy` with the model's own decoder-block class as wrap and checkpointing unit, its
+    sharded checkpoints written whole (`AtomicFSDPStrategy`).
 
     The class (LlamaDecoderLayer, Qwen2DecoderLayer, ...) is read from the model's config alone (no weights
     load), so one trainer config serves every family; only the strategy's public arguments are used.
@@ -46,7 +48,7 @@ def decoder_block_fsdp(model_name: str, activation_checkpointing: bool = True, *
         **kwargs: Passed to `FSDPStrategy` (`sharding_strategy`, `state_dict_type`, `cpu_offload`, ...).
     """
     block = decoder_block_class(load_config(model_name))
-    return FSDPStrategy(
+    return AtomicFSDPStrategy(
         auto_wrap_policy={block},
         activation_checkpointing_policy={block} if activation_checkpointing else None,
         **kwargs,
