@@ -38,9 +38,32 @@ def model_card(report: dict, base_model: str | None = None, license: str | None 
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
+def removed_blocks(num_layers: int, events: list[dict]) -> list[int]:
+    """The blocks removed over all events, numbered as in the unpruned model (each event's `removed_blocks` number
+    the blocks of the model it pruned, after the earlier events' removals)."""
+    alive, removed = list(range(num_layers)), []
+    for event in events:
+        gone = set(event.get("removed_blocks", []))
+        removed += [alive[index] for index in gone]
+        alive = [block for index, block in enumerate(alive) if index not in gone]
+    return sorted(removed)
+
+
+def _event_line(event: dict, width_before: int) -> str:
+    """One event: the blocks it removed and by which criterion, the width and by which importance."""
+    parts = []
+    if event.get("removed_blocks"):
+        parts.append(f"{len(event['removed_blocks'])} block(s) removed by `{event['depth_criterion']}`")
+    if event["intermediate_size"] != width_before:
+        width, importance = event["intermediate_size"], event["importance"]
+        parts.append(f"width {width} by importance `{importance}`, refit {event['refit']}")
+    parts.append(f"{event['calibration_tokens']:,} calibration tokens")
+    return f"- Step {event['step']}: {', '.join(parts)}."
+
+
 def _removed(report: dict) -> str:
-    base, final = report["base"], report["final"]
-    blocks = sorted({b for event in report.get("events", []) for b in event.get("removed_blocks", [])})
+    base, final, events = report["base"], report["final"], report.get("events", [])
+    blocks = removed_blocks(base["num_layers"], events)
     lines = [
         "## What was removed",
         "",
@@ -51,11 +74,10 @@ def _removed(report: dict) -> str:
         f"- Decoder blocks: {base['num_layers']} -> {final['num_layers']}"
         + (f" (removed, numbered before removal: {blocks})." if blocks else " (none removed)."),
     ]
-    for event in report.get("events", []):
-        lines.append(
-            f"- Step {event['step']}: importance `{event['importance']}`, refit {event['refit']}, "
-            f"{event['calibration_tokens']:,} calibration tokens, width {event['intermediate_size']}."
-        )
+    width = base["intermediate_size"]
+    for event in events:
+        lines.append(_event_line(event, width))
+        width = event["intermediate_size"]
     calibration = report.get("data", {}).get("train")
     if calibration:
         lines.append(f"- Calibration and training data: {_join(calibration)}.")
