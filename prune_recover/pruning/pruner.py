@@ -27,7 +27,7 @@ from prune_recover.pruning.gradients import collect_taylor_stats
 from prune_recover.pruning.importance import OBS_ROUND, get_scorer
 from prune_recover.pruning.obs import obs_select
 from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan
-from prune_recover.pruning.surgery import check_prunable, remove_blocks
+from prune_recover.pruning.surgery import check_prunable_mlp, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
 
@@ -204,8 +204,8 @@ class Pruner:
         if width is not None and width < current:  # the widths change
             if self.scorer.needs == "gradients" and not calibration:
                 raise ValueError(f"importance={self.scorer.name} needs gradients on calibration batches, none given")
-            for projection in (p for mlp in gated_mlps(model) for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
-                check_prunable(projection)
+            for mlp in gated_mlps(model):
+                check_prunable_mlp(mlp)
 
     def _prune_depth(
         self, model: nn.Module, calibration, num_blocks: int, optimizers: list, reduce: Reduce

@@ -80,6 +80,7 @@ def slice_linear(
     A peft LoRA wrapper is sliced consistently: `lora_B` rows follow the output side, `lora_A`
     columns follow the input side; the rank dimension is untouched.
     """
+    check_prunable(module)
     optimizers = list(optimizers)
     base = base_linear(module)
     size = len(index)
@@ -104,8 +105,13 @@ def check_prunable(module: nn.Module) -> None:
         raise RuntimeError("cannot prune a LoRA layer whose adapters are merged; unmerge first")
 
 
+def check_prunable_mlp(mlp: GatedMLP) -> None:
+    """`check_prunable` on each projection of a gated MLP."""
+    for projection in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+        check_prunable(projection)
+
+
 def _slice_lora(module: nn.Module, index: torch.Tensor, side: str, optimizers: list) -> None:
-    check_prunable(module)
     for adapter in module.lora_A:
         if side == "out":
             slice_parameter(module.lora_B[adapter].weight, index, 0, optimizers)
@@ -129,6 +135,7 @@ def slice_gated_mlp(mlp: GatedMLP, keep: torch.Tensor, optimizers: Iterable[torc
     keep = keep.to(torch.long).cpu()
     if keep.numel() == 0 or keep.min() < 0 or keep.max() >= width or keep.unique().numel() != keep.numel():
         raise ValueError(f"neuron indices must be distinct and in [0, {width}), got {keep.numel()} indices")
+    check_prunable_mlp(mlp)  # before any projection is sliced
     if mlp.fused:
         slice_linear(mlp.gate_proj, torch.cat([keep, keep + width]), "out", optimizers)
     else:
@@ -158,8 +165,11 @@ def prune_mlp_neurons(
         The new `config.intermediate_size`.
     """
     optimizers = list(optimizers)
+    mlps = {index: gated_mlp(model, index) for index in keep}
+    for mlp in mlps.values():  # before any layer is sliced
+        check_prunable_mlp(mlp)
     for index, kept in keep.items():
-        slice_gated_mlp(gated_mlp(model, index), kept, optimizers)
+        slice_gated_mlp(mlps[index], kept, optimizers)
     return sync_intermediate_size(model)
 
 

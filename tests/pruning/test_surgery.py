@@ -113,6 +113,17 @@ def test_optimizer_state_of_another_layout_is_restarted_not_left_stale():
     assert gate not in optimizer.state
 
 
+def test_a_merged_adapter_in_the_last_layer_is_refused_before_any_layer_is_sliced():
+    model, _ = tiny_random("llama")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, lora)
+    gated_mlps(peft_model)[-1].down_proj.merge()  # one projection merged, as a partial merge would leave it
+    before = {name: p.shape for name, p in peft_model.named_parameters()}
+    with pytest.raises(RuntimeError, match="adapters are merged; unmerge first"):
+        prune_mlp_neurons(peft_model, random_keep(48, 4))
+    assert {name: p.shape for name, p in peft_model.named_parameters()} == before  # nothing half-sliced
+
+
 @pytest.mark.parametrize("family", ["llama", "phi3"])
 def test_lora_adapters_are_sliced_with_their_layers(family, tmp_path):
     model, tokenizer = tiny_random(family)
