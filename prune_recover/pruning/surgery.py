@@ -207,5 +207,8 @@ def remove_blocks(
         value = getattr(config, key, None)
         if isinstance(value, list) and len(value) == len(blocks):
             setattr(config, key, [entry for i, entry in enumerate(value) if i not in removed_set])
+    window_layers = getattr(config, "max_window_layers", None)  # Qwen2/3: blocks below it use full attention
+    if isinstance(window_layers, int):
+        config.max_window_layers = sum(1 for i in range(min(window_layers, len(blocks))) if i not in removed_set)
     config.num_hidden_layers = len(kept)
     return removed

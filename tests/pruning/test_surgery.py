@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -111,6 +113,19 @@ def test_optimizer_state_of_another_layout_is_restarted_not_left_stale():
     prune_mlp_neurons(model, random_keep(40, 4), [optimizer])
 
     assert gate not in optimizer.state
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_after_block_removal_qwens_window_layer_count_still_gives_its_layer_types(family, tmp_path):
+    overrides = {"num_hidden_layers": 6, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 3}
+    model, tokenizer = tiny_random(family, **overrides)
+    remove_blocks(model, [1, 4])
+    save_pretrained_atomic(model, tokenizer, tmp_path / "shallow")
+    saved = json.loads((tmp_path / "shallow" / "config.json").read_text())
+    assert saved["layer_types"] == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    assert saved["max_window_layers"] == 2  # was left at 3
+    rebuilt = type(model.config)(**{**saved, "layer_types": None})  # what a reader of the scalar fields derives
+    assert rebuilt.layer_types == saved["layer_types"]
 
 
 def test_a_merged_adapter_in_the_last_layer_is_refused_before_any_layer_is_sliced():
