@@ -38,3 +38,19 @@ def test_fsdp_run_prunes_before_sharding_trains_and_exports_the_gathered_model(w
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert sum(p.numel() for p in model.parameters()) == report["final"]["params"]
     assert model.config.intermediate_size == report["final"]["intermediate_size"] < 128
+
+
+def test_fsdp_sharded_last_checkpoint_is_a_whole_folder_and_resumes(wikitext_dir, tmp_path):
+    """`AtomicFSDPStrategy` writes each sharded checkpoint beside `last.ckpt` and swaps it in: no staging folder
+    is left, and a resume loads it (the CPU test of the swap is tests/training/test_sharded_checkpoint.py)."""
+    out = tmp_path / "fsdp"
+    overrides = tiny_overrides(wikitext_dir, out) + ["trainer=fsdp", "trainer.devices=2", "logger=csv"]
+    first = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-4000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / ".metadata").is_file() and (last / "meta.pt").is_file()
+    assert not list((out / "checkpoints").glob(".last.ckpt.*"))
+    resumed = overrides + ["ckpt_path=last", "trainer.max_steps=6"]
+    second = subprocess.run([sys.executable, "train.py", *resumed], cwd=REPO, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert json.loads((out / "pruning_report.json").read_text())["recovery"]["steps"] == 6
