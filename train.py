@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_recover.jobs.configs import build, evaluator_for, register_resolvers
 from prune_recover.jobs.export import check_push_target
-from prune_recover.jobs.preflight import check_run
+from prune_recover.jobs.preflight import check_recovery, check_run, claim_output
 from prune_recover.jobs.prune_and_recover import prune_and_recover
 from prune_recover.jobs.prune_only import prune_only
 from prune_recover.models import load_config, load_model, load_tokenizer
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict | None:
     if pruner is not None:
         pruner.plan(load_config(cfg.model.name))
     check_push_target(cfg.export.push_to_hub)
-    check_run(cfg)  # the output folder, a resume's settings, combinations that cannot work
+    check_run(cfg)  # the output folder, a resume's checkpoint and settings, combinations that cannot work
     config = OmegaConf.to_container(cfg, resolve=True)
     run_info = {"model": cfg.model.name, "recipe": cfg.recipe_name, "command": command_line(), "config": config}
     export_settings = dict(cfg.export)
@@ -45,6 +45,7 @@ def run(cfg: DictConfig) -> dict | None:
         data.set_tokenizer(tokenizer)
         data.check_sizes(calibration=pruner.needs_calibration)
         evaluator = evaluator_for(cfg, data, tokenizer)  # reads and checks every text and task first
+        claim_output(cfg)  # every check passed: an earlier run moves aside now, not before
         model, _ = load_model(**cfg.model)
         return prune_only(model, tokenizer, pruner, data, evaluator, cfg.output_dir, run_info, export_settings)
 
@@ -52,10 +53,15 @@ def run(cfg: DictConfig) -> dict | None:
     pruning = build(cfg.callbacks.pruning, pruner=pruner)
     loggers = [build(node) for node in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
+    model_config = load_config(cfg.model.name)
+    check_recovery(cfg, model_config)
+    if pruner is not None:
+        pruning.plan_events(model_config, trainer)  # every event before max_steps (and at step 0 under FSDP)
     tokenizer = load_tokenizer(cfg.model.name)
     data.set_tokenizer(tokenizer)
     data.check_sizes(calibration=pruner is not None and pruner.needs_calibration)
     pruning.evaluator = evaluator_for(cfg, data, tokenizer)  # reads and checks every text and task first
+    claim_output(cfg)  # every check passed: an earlier run moves aside now, not before
     model, _ = load_model(**cfg.model)
     module = build(cfg.recovery.module, model=model)
     for logger in loggers:

@@ -168,9 +168,19 @@ def test_the_real_entry_point_runs_under_hydra(wikitext_dir, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "final" / "config.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    (record,) = (out / ".hydra").glob("*/config.yaml")
+    assert (out / "final" / "config.json").is_file() and "importance: maw" in record.read_text()
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["events"][0]["importance"] == "maw" and report["recovery"]["method"] == "lora"
+    refused = subprocess.run(
+        [sys.executable, "train.py", *tiny_overrides(wikitext_dir, out), "pruning.importance=wanda"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 1 and "holds an earlier run" in refused.stderr
+    assert "importance: maw" in record.read_text()  # the run's own record, not the refused invocation's
 
 
 def test_a_validation_at_the_last_step_is_the_final_val_ppl_without_measuring_it_again():

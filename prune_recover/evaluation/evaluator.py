@@ -59,7 +59,7 @@ class Evaluator:
         self.task_limit = task_limit
         self.tasks_before_pruning = tasks_before_pruning
         self.precision = precision
-        self.protocols = [PerplexityProtocol(int(n), max_windows, batch_size, precision, bos) for n in seq_lens]
+        self.protocols = [PerplexityProtocol(n, max_windows, batch_size, precision, bos) for n in seq_lens]
         longest = max(p.seq_len for p in self.protocols)
         for name, ids in self.domains.items():
             if ids.numel() < longest:

@@ -45,6 +45,12 @@ class PerplexityProtocol:
 
     def __post_init__(self):
         check_forward_precision(self.precision)
+        counts = {"seq_lens": (self.seq_len, 2), "batch_size": (self.batch_size, 1)}
+        if self.max_windows is not None:
+            counts["max_windows"] = (self.max_windows, 1)
+        for name, (value, least) in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"eval.{name} takes whole numbers >= {least}, got {value!r}")
 
     def describe(self) -> dict:
         return {

@@ -1,14 +1,18 @@
 """Refuse what a run cannot do before anything expensive starts, and a run that did not do what was asked.
 
-Before the model loads (`check_run`):
-- the output folder: not empty; one that holds a run (`final/`, `pruning_report.json`, checkpoints) is
-  refused unless the run resumes it (`ckpt_path`, or a SLURM requeue's `hpc_ckpt_N.ckpt`) or `overwrite=true`
-  asks to replace it (the old files are moved aside into `replaced-<time>/`, never deleted);
-- a resume under other settings than the run it resumes (model, pruning, schedule, recovery method, data
-  block size): the saved `run_settings.json` is compared and every difference is named;
+Before the model loads (`check_run`, which writes nothing):
+- the output folder: not empty, not a file; one that holds a run (`final/`, `pruning_report.json`, checkpoints)
+  is refused unless the run resumes it or `overwrite=true` (a boolean) asks to replace it;
+- a resume: the checkpoint it names must exist (`ckpt_path=last`: `checkpoints/last.ckpt` of output_dir; a SLURM
+  requeue's `hpc_ckpt_N.ckpt` counts only under SLURM, where Lightning takes it), `recovery=none` has nothing to
+  resume, and the settings recorded by the run that wrote the checkpoint (`run_settings.json`: model, pruning,
+  schedule, recovery method, data block size and BOS) must match, every difference named;
 - combinations that cannot work: `importance=taylor` with `stats_source=training` (training statistics hold
   no gradients), `calibration_mode=sequential` / `carried` with `stats_source=training` (those modes gather
-  statistics on the already-pruned layers), a `cpt_then_lora` LoRA stage that starts after the last step.
+  statistics on the already-pruned layers), a `cpt_then_lora` LoRA stage that starts after the last step;
+- `check_recovery`: the recovery module's settings, LoRA targets and optimizers, from the model's config alone.
+Then `claim_output`, once every check has passed: an earlier run moves aside into `replaced-<time>/` (never
+deleted) and the settings are recorded.
 After training (`check_complete`): every scheduled pruning event happened and a `cpt_then_lora` run reached its
 LoRA stage; otherwise nothing is exported and the run fails.
 """
@@ -21,10 +25,15 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM
 
 from prune_recover.files import write_json_atomic
+from prune_recover.jobs.configs import build
 from prune_recover.logs import get_logger
+from prune_recover.training.recovery_settings import method_settings
 
 log = get_logger(__name__)
 
@@ -36,30 +45,47 @@ RUN_OUTPUTS = ("final", "pruning_report.json", "checkpoints", "hpc_ckpt_*.ckpt")
 
 
 def check_run(cfg: DictConfig) -> None:
-    """All checks that need only the config and the output folder; records the settings of a new run."""
+    """All checks that need only the config and the output folder (nothing is written: see `claim_output`)."""
     if not str(cfg.output_dir or "").strip():
         raise ValueError("output_dir is empty; give the folder the run writes to, e.g. output_dir=outputs/run1")
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
     check_combinations(cfg)
     output_dir = Path(cfg.output_dir)
-    settings = run_settings(cfg)
-    if resuming(cfg):
-        check_resume_settings(output_dir, settings)
-        if is_global_zero():
-            remove_partial_writes(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir {output_dir} is a file; give a folder")
+    checkpoint = resume_checkpoint(cfg)
+    if checkpoint is not None:
+        check_resume_settings(
+            checkpoint_run(checkpoint), run_settings(cfg), own=checkpoint_run(checkpoint) == output_dir
+        )
         return
     used = used_outputs(output_dir)
-    if used and not cfg.get("overwrite", False):
+    if used and not overwrite:
         raise FileExistsError(
             f"output_dir {output_dir} holds an earlier run ({', '.join(p.name for p in used)}); resume it with "
             "ckpt_path=last, choose another output_dir, or pass overwrite=true to move its files aside"
         )
-    if is_global_zero():
+
+
+def claim_output(cfg: DictConfig) -> None:
+    """Once every check has passed, just before the model loads: a new run moves an earlier one aside
+    (`overwrite=true`) and records its settings; a resumed run removes the temporary files of interrupted writes."""
+    if not is_global_zero():
+        return
+    output_dir = Path(cfg.output_dir)
+    if resume_checkpoint(cfg) is not None:
+        remove_partial_writes(output_dir)
+    else:
+        used = used_outputs(output_dir)
         if used:
             aside = output_dir / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
             aside.mkdir()
             for path in used:
                 shutil.move(str(path), aside / path.name)
-        write_json_atomic(output_dir / SETTINGS_FILE, settings)
+    if resume_checkpoint(cfg) is None or not (output_dir / SETTINGS_FILE).is_file():
+        write_json_atomic(output_dir / SETTINGS_FILE, run_settings(cfg))
 
 
 def check_combinations(cfg: DictConfig) -> None:
@@ -86,21 +112,72 @@ def check_combinations(cfg: DictConfig) -> None:
             )
 
 
+def check_recovery(cfg: DictConfig, model_config) -> None:
+    """`recovery.module` checked before the weights load (the module itself is built on the loaded model): the
+    method's limits, the LoRA targets against the model's module names (a skeleton on the meta device), and each
+    optimizer factory on one dummy parameter (a class that does not exist, a negative learning rate)."""
+    if cfg.recovery.method == "none":
+        return
+    node = cfg.recovery.module
+    lora, _ = method_settings(cfg.recovery.method, node.get("lora"), node.get("distill"), node.get("lora_from_step"))
+    if cfg.recovery.method in ("lora", "cpt_then_lora"):
+        with torch.device("meta"):
+            lora.check_targets(AutoModelForCausalLM.from_config(model_config))
+    for name in ("optimizer", "lora_optimizer"):
+        if node.get(name) is not None:
+            try:
+                build(node[name])([torch.nn.Parameter(torch.zeros(1))])
+            except Exception as error:
+                raise ValueError(f"recovery.module.{name} cannot build an optimizer: {error}") from error
+
+
 def run_settings(cfg: DictConfig) -> dict:
     """The settings a resumed run must share with the run it resumes."""
     return {key: _plain(OmegaConf.select(cfg, key)) for key in RESUME_KEYS}
 
 
-def resuming(cfg: DictConfig) -> bool:
-    """True when the run continues an earlier one: `ckpt_path`, or an hpc checkpoint of a SLURM requeue."""
-    return cfg.ckpt_path is not None or any(Path(cfg.output_dir).glob("hpc_ckpt_*.ckpt"))
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint the run resumes from (`ckpt_path`, or the newest `hpc_ckpt_N.ckpt` when Lightning takes one:
+    a SLURM requeue), or None for a new run; refused when it names nothing to resume."""
+    output_dir = Path(cfg.output_dir)
+    if cfg.ckpt_path is None:
+        hpc = sorted(output_dir.glob("hpc_ckpt_*.ckpt"), key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+        return hpc[-1] if hpc and SLURMEnvironment.detect() else None
+    if cfg.recovery.method == "none":
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} resumes training, and recovery=none trains nothing: drop ckpt_path (a new "
+            "prune-only run needs a new output_dir or overwrite=true)"
+        )
+    if cfg.ckpt_path == "last":
+        path = output_dir / "checkpoints" / "last.ckpt"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"ckpt_path=last, but {path} does not exist: output_dir holds no checkpoint to resume. Drop ckpt_path "
+                "to start a new run, or give the output_dir of the run to resume"
+            )
+        return path
+    path = Path(cfg.ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist; give a checkpoint file (or sharded folder), or last")
+    return path
 
 
-def check_resume_settings(output_dir: Path, settings: dict) -> None:
-    """Refuse to resume under other settings than those recorded by the run being resumed."""
-    saved_file = output_dir / SETTINGS_FILE
+def checkpoint_run(checkpoint: Path) -> Path:
+    """The output folder of the run that wrote `checkpoint` (`<run>/checkpoints/*.ckpt` or `<run>/hpc_ckpt_N.ckpt`)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def check_resume_settings(run_dir: Path, settings: dict, own: bool = True) -> None:
+    """Refuse to resume under other settings than those recorded by the run being resumed (`run_dir`); a
+    checkpoint of another output folder without recorded settings is refused, since nothing says what it holds."""
+    saved_file = run_dir / SETTINGS_FILE
     if not saved_file.is_file():
-        return  # a run from before the settings were recorded: nothing to compare
+        if not own:
+            raise FileNotFoundError(
+                f"cannot check what the checkpoint of {run_dir} holds: it has no {SETTINGS_FILE} (the settings of "
+                "the run that wrote it). Resume a run of this version in its own output_dir, or start a new run"
+            )
+        return  # this output_dir's own run, from before the settings were recorded: nothing to compare
     saved = json.loads(saved_file.read_text())
     differences = [  # a key the run did not record (it predates the key) has nothing to compare
         f"{key}: {saved[key]!r} then, {value!r} now"
@@ -109,7 +186,7 @@ def check_resume_settings(output_dir: Path, settings: dict) -> None:
     ]
     if differences:
         raise ValueError(
-            f"the run in {output_dir} was started with other settings; resuming would train and report a model the "
+            f"the run in {run_dir} was started with other settings; resuming would train and report a model the "
             f"settings do not describe: {'; '.join(differences)}. Resume with the original settings, or start a new "
             "output_dir"
         )

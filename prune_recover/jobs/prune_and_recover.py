@@ -16,7 +16,7 @@ from prune_recover.jobs.preflight import check_complete
 from prune_recover.logs import get_logger
 from prune_recover.training.datamodule import CausalLMDataModule
 from prune_recover.training.full_state import exported_model
-from prune_recover.training.loggers import log_final
+from prune_recover.training.loggers import close_wandb_run, log_final
 from prune_recover.training.pruning_callback import PruningCallback
 from prune_recover.training.recovery_module import RecoveryModule
 from prune_recover.training.signals import GracefulStop
@@ -47,7 +47,18 @@ def prune_and_recover(
     Raises:
         Interrupted: a signal stopped training (after a resumable checkpoint was written).
     """
-    output_dir = Path(output_dir)
+    try:
+        return _train_and_export(
+            trainer, module, data, tokenizer, pruning, evaluator, Path(output_dir), ckpt_path, run_info, export_settings
+        )
+    except BaseException as error:
+        close_wandb_run(trainer, exit_code=getattr(error, "exit_code", 1))  # failed, not reused by a later job
+        raise
+
+
+def _train_and_export(
+    trainer, module, data, tokenizer, pruning, evaluator, output_dir: Path, ckpt_path, run_info, export_settings
+) -> dict | None:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     for callback in trainer.callbacks:

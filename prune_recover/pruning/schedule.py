@@ -53,6 +53,10 @@ class PruningSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"schedule kind must be one of {KINDS}, got '{self.kind}'")
+        steps = {"start_step": self.start_step, "end_step": self.end_step, "num_events": self.num_events}
+        wrong = {name: value for name, value in steps.items() if isinstance(value, bool) or not isinstance(value, int)}
+        if wrong:
+            raise ValueError(f"schedule {', '.join(wrong)} must be whole numbers, got {wrong}")
         if self.start_step < 0:
             raise ValueError(f"schedule start_step must be >= 0, got {self.start_step}")
         if self.kind != "oneshot":

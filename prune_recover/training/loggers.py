@@ -50,6 +50,14 @@ def log_final(trainer: L.Trainer, base: dict | None, final: dict) -> None:
         if isinstance(logger, WandbLogger) and rows:
             logger.log_table("test/tasks", columns=["task", "metric", "base", "final", "stderr", "items"], data=rows)
     set_wandb_summary(trainer, "model/params_exact", final["params"])
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.finish()  # the job's run is complete; nothing else in this process logs to it
+    close_wandb_run(trainer)
+
+
+def close_wandb_run(trainer: L.Trainer, exit_code: int = 0) -> None:
+    """Finish the job's W&B run (rank zero; one that was never started is not started now): nothing else in this
+    process logs to it, and a failed job's run is marked failed with `exit_code`, not reused by the next job."""
+    if trainer.is_global_zero and any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.finish(exit_code=exit_code)

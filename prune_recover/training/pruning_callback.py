@@ -64,19 +64,27 @@ class PruningCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.planned or self.pruner is None:
             return  # planned on the unpruned model, restored from a checkpoint, or nothing to prune
-        config = unwrap(pl_module.model).config
+        self.planned = self.plan_events(unwrap(pl_module.model).config, trainer)
+        if is_fsdp(trainer.strategy):
+            self._prune_before_sharding(trainer, pl_module)
+
+    def plan_events(self, config, trainer: L.Trainer) -> list[ScheduledEvent]:
+        """The schedule's events for a model of `config` (its config alone: the job checks them before weights
+        load), refused unless all come before `trainer.max_steps` and, under FSDP, at step 0."""
         plan = self.pruner.plan(config)
         round_to = self.pruner.target.round_to if self.pruner.target else 1
-        self.planned = self.schedule.events(
+        events = self.schedule.events(
             config.intermediate_size, plan.intermediate_size, self.pruner.depth.num_blocks, round_to
         )
-        last = self.planned[-1].step
+        last = events[-1].step
         if trainer.max_steps is not None and 0 <= trainer.max_steps <= last:
-            raise ValueError(f"the last pruning event is at step {last} but trainer.max_steps is {trainer.max_steps}")
-        if is_fsdp(trainer.strategy):
-            if last > 0:
-                raise ValueError(FSDP_PRUNING_HELP)
-            self._prune_before_sharding(trainer, pl_module)
+            raise ValueError(
+                f"the last pruning event is at step {last} but trainer.max_steps is {trainer.max_steps}: the model "
+                "would never be fully pruned. Raise trainer.max_steps or end the schedule earlier"
+            )
+        if is_fsdp(trainer.strategy) and last > 0:
+            raise ValueError(FSDP_PRUNING_HELP)
+        return events
 
     def _prune_before_sharding(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Under FSDP: carry out the step-0 event now, on the full model on this rank's device."""

@@ -25,9 +25,8 @@ from transformers.initialization import no_init_weights
 from prune_recover.arch import unwrap
 from prune_recover.lm import count_parameters, summed_nll
 from prune_recover.training.distributed import is_fsdp, rewrap_ddp, shard_frozen
-from prune_recover.training.recovery_settings import DistillSettings, LoraSettings
+from prune_recover.training.recovery_settings import DistillSettings, LoraSettings, method_settings
 
-METHODS = ("full", "distill", "lora", "cpt_then_lora")
 # The teacher runs in the precision the student computes in (a bf16 copy under bf16 autocast: half the memory,
 # and no per-step casts of its weights).
 TEACHER_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -68,21 +67,13 @@ class RecoveryModule(L.LightningModule):
         lora_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"recovery method must be one of {METHODS}, got '{method}'")
-        if method == "cpt_then_lora" and (lora_from_step is None or lora_from_step < 1):
-            raise ValueError(f"cpt_then_lora needs recovery.module.lora_from_step >= 1, got {lora_from_step}")
-        distill = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
-        if method == "distill" and distill.alpha == 0:
-            raise ValueError("recovery method 'distill' needs recovery.module.distill.alpha > 0 (1 = logits only)")
+        self.lora, self.distill = method_settings(method, lora, distill, lora_from_step)
         self.method = method
         self.lora_from_step = lora_from_step
         self.lora_optimizer_factory = lora_optimizer
         self.lora_active = method == "lora"
-        self.lora = lora if isinstance(lora, LoraSettings) else LoraSettings(**(lora or {}))
-        if method == "cpt_then_lora":
+        if method in ("lora", "cpt_then_lora"):
             self.lora.check_targets(model)
-        self.distill = distill
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-4)
         self.scheduler_factory = scheduler
         self.weight_decay_norms_and_biases = weight_decay_norms_and_biases

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+METHODS = ("full", "distill", "lora", "cpt_then_lora")
 
 
 @dataclass(frozen=True)
@@ -71,3 +74,20 @@ class DistillSettings:
             raise ValueError(f"recovery distill.alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ValueError(f"recovery distill.temperature must be positive, got {self.temperature}")
+
+
+def method_settings(
+    method: str,
+    lora: LoraSettings | Mapping | None,
+    distill: DistillSettings | Mapping | None,
+    lora_from_step: int | None,
+) -> tuple[LoraSettings, DistillSettings]:
+    """The LoRA and distillation settings of a recovery method, refused when they cannot serve it."""
+    if method not in METHODS:
+        raise ValueError(f"recovery method must be one of {METHODS}, got '{method}'")
+    if method == "cpt_then_lora" and (lora_from_step is None or lora_from_step < 1):
+        raise ValueError(f"cpt_then_lora needs recovery.module.lora_from_step >= 1, got {lora_from_step}")
+    distill = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
+    if method == "distill" and distill.alpha == 0:
+        raise ValueError("recovery method 'distill' needs recovery.module.distill.alpha > 0 (1 = logits only)")
+    return lora if isinstance(lora, LoraSettings) else LoraSettings(**(lora or {})), distill

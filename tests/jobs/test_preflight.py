@@ -1,8 +1,10 @@
 """Refusals before the model loads, and runs that did not do what was asked failing instead of exporting."""
 
 import json
+import os
 
 import pytest
+import wandb
 
 from prune_recover.jobs.preflight import SETTINGS_FILE, check_resume_settings
 from tests.test_train_cli import compose_config, tiny_overrides
@@ -21,6 +23,8 @@ PRUNE_ONLY = ["recovery=none"]
             "calibration_mode=sequential gathers each layer's statistics on the already-pruned layers",
         ),
         (["recovery=cpt_then_lora", "recovery.module.lora_from_step=4"], "would never start"),
+        (["overwrite=no"], "overwrite must be true or false, got 'no'"),  # a string was taken as true
+        (["recovery=none", "ckpt_path=last"], "recovery=none trains nothing: drop ckpt_path"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_before_anything_is_written(wikitext_dir, tmp_path, overrides, message):
@@ -50,10 +54,39 @@ def test_resuming_under_other_settings_is_refused_and_names_them(wikitext_dir, t
     run(compose_config(tiny_overrides(wikitext_dir, out)))
     settings = json.loads((out / "run_settings.json").read_text())
     assert settings["pruning"]["ratio"] == 0.4 and settings["model.name"] == "tiny-random"
+    report = (out / "pruning_report.json").read_text()
 
     resumed = tiny_overrides(wikitext_dir, out) + ["ckpt_path=last", "pruning.ratio=0.5", "trainer.max_steps=6"]
     with pytest.raises(ValueError, match=r"other settings.*pruning: .*'ratio': 0.4.* then, .*'ratio': 0.5"):
         run(compose_config(resumed))
+    # the checkpoint of that run, resumed into another folder, is checked against the settings of its own run
+    elsewhere = tiny_overrides(wikitext_dir, tmp_path / "other") + ["pruning.ratio=0.5", "trainer.max_steps=6"]
+    foreign = [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"]
+    with pytest.raises(ValueError, match=r"the run in .*run was started with other settings"):
+        run(compose_config(elsewhere + foreign))  # was resumed, reporting 0.5 for a model pruned at 0.4
+    (out / SETTINGS_FILE).rename(tmp_path / "saved_settings.json")
+    with pytest.raises(FileNotFoundError, match="cannot check what the checkpoint of .*run holds"):
+        run(compose_config(elsewhere + foreign))
+    (tmp_path / "saved_settings.json").rename(out / SETTINGS_FILE)
+    # overwrite=true moves the earlier run aside only once every check has passed
+    failing = tiny_overrides(wikitext_dir, out) + ["overwrite=true", f"+eval.texts.code={tmp_path / 'missing.py'}"]
+    with pytest.raises(FileNotFoundError):
+        run(compose_config(failing))
+    assert (out / "pruning_report.json").read_text() == report and not list(out.glob("replaced-*"))
+
+
+def test_nothing_to_resume_is_refused_before_anything_loads(wikitext_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last, but .*last.ckpt does not exist"):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + ["ckpt_path=last"]))  # trained from scratch before
+    with pytest.raises(FileNotFoundError, match="ckpt_path=.*nowhere.ckpt does not exist"):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + [f"ckpt_path={tmp_path / 'nowhere.ckpt'}"]))
+    for name in [key for key in os.environ if key.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    out.mkdir()
+    (out / "hpc_ckpt_1.ckpt").write_bytes(b"a requeue's checkpoint")  # Lightning takes it only under SLURM
+    with pytest.raises(FileExistsError, match="holds an earlier run"):
+        run(compose_config(tiny_overrides(wikitext_dir, out)))  # was counted as a resume, then trained from scratch
 
 
 def test_a_setting_the_resumed_run_did_not_record_is_not_compared(tmp_path):
@@ -72,6 +105,8 @@ def test_a_schedule_left_half_done_fails_and_exports_nothing(wikitext_dir, tmp_p
     with pytest.raises(RuntimeError, match=r"before the pruning events at steps \[6\].*nothing was exported"):
         run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + schedule))
     assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
+    assert any((out / "wandb").glob("offline-run-*")) and wandb.run is None  # the next run in this process logs
+    # to a run of its own, not into this failed one's
 
 
 def write_file(path, content: bytes) -> str:
@@ -92,6 +127,17 @@ def write_file(path, content: bytes) -> str:
         ([("latin1.txt", b"caf\xe9 " * 50)], r"cannot read \['.*latin1.txt'\] as text: UnicodeDecodeError"),
         ([("short.txt", b"hello world " * 4)], "short.txt .* gives 0 blocks of 64 tokens"),
         ([("model.gguf", b"GGUF" + bytes(range(60)))], "model.gguf is GGUF v.*this reader handles v2 and v3"),
+        # found after the weights loaded, or inside fit, until checked with the config alone
+        (["recovery=lora", "recovery.module.lora.r=0"], "lora needs r a positive integer"),
+        (["recovery=lora", "recovery.module.lora.target_modules=[q_prj]"], "names no module of the model"),
+        (["recovery=distill", "recovery.module.distill.alpha=2"], r"distill.alpha must be in \[0, 1\], got 2"),
+        (["recovery=cpt_then_lora", "recovery.module.lora_from_step=0"], "lora_from_step >= 1, got 0"),
+        (["recovery.module.optimizer.lr=-1"], "recovery.module.optimizer cannot build an optimizer: Invalid learning"),
+        (["recovery.module.optimizer._target_=torch.optim.AdamWW"], "recovery.module.optimizer cannot build"),
+        (["schedule=linear", "schedule.end_step=30", "schedule.num_events=3"], "last pruning event is at step 30"),
+        (["schedule=linear", "schedule.num_events=2.5"], "num_events must be whole numbers, got {'num_events': 2.5}"),
+        (["eval.seq_lens=[0]"], "eval.seq_lens takes whole numbers >= 2, got 0"),
+        (["eval.max_windows=0"], "eval.max_windows takes whole numbers >= 1, got 0"),
     ],
 )
 def test_bad_input_is_refused_before_the_model_loads(wikitext_dir, tmp_path, monkeypatch, overrides, message):
@@ -115,16 +161,19 @@ def test_bad_input_is_refused_before_the_model_loads(wikitext_dir, tmp_path, mon
 
 
 def test_a_resumed_run_removes_the_temporary_files_of_checkpoint_writes_a_kill_interrupted(tmp_path, wikitext_dir):
-    from prune_recover.jobs.preflight import check_run
+    from prune_recover.jobs.preflight import check_run, claim_output
 
     out = tmp_path / "run"
     cfg = compose_config(tiny_overrides(wikitext_dir, out))
-    check_run(cfg)  # a new run: records its settings
+    check_run(cfg)
+    claim_output(cfg)  # a new run: records its settings
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.ckpt").write_bytes(b"complete")
     partial = [out / "checkpoints" / ".last.ckpt.tmp-1a2b3c4d", out / ".hpc_ckpt_1.ckpt.tmp-5e6f7a8b"]
     for path in partial:
         path.write_bytes(b"half a checkpoint")
-    check_run(compose_config(tiny_overrides(wikitext_dir, out) + ["ckpt_path=last"]))
+    resumed = compose_config(tiny_overrides(wikitext_dir, out) + ["ckpt_path=last"])
+    check_run(resumed)
+    claim_output(resumed)
     assert not any(path.exists() for path in partial)
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"complete"
