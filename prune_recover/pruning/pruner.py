@@ -96,9 +96,13 @@ class Pruner:
                 "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
                 "it needs width pruning with pruning.refit=true"
             )
-        if not (math.isfinite(refit_damp) and refit_damp >= 0):
+        if not isinstance(refit, bool):
+            raise ValueError(f"pruning.refit must be true or false, got {refit!r}")
+        if isinstance(refit_damp, bool) or not isinstance(refit_damp, (int, float)) or not refit_damp >= 0:
+            raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp!r}")
+        if not math.isfinite(refit_damp):
             raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp}")
-        self.refit = bool(refit) and self.target is not None
+        self.refit = refit and self.target is not None
         self.refit_damp = refit_damp
         self.calibration_mode = calibration_mode
 

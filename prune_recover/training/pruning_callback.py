@@ -37,7 +37,8 @@ class PruningCallback(L.Callback):
         schedule: `PruningSchedule` fields (`kind`, `start_step`, `end_step`, `num_events`).
         stats_source: `calibration` scores on the data module's calibration batches at each event;
             `training` scores on activation statistics accumulated from the training batches since
-            the previous event (no extra forward pass; under DDP they are averaged across ranks).
+            the previous event (no extra forward pass; under DDP they are averaged across ranks); an event at
+            step 0 has none and uses the calibration batches.
         evaluator: Perplexity (and tasks) before pruning; perplexity after each event. None skips both.
     """
 
@@ -84,6 +85,12 @@ class PruningCallback(L.Callback):
             )
         if is_fsdp(trainer.strategy) and last > 0:
             raise ValueError(FSDP_PRUNING_HELP)
+        if self.stats_source == "training" and last == 0:
+            raise ValueError(
+                "callbacks.pruning.stats_source=training scores on statistics of the training batches before each "
+                "event, and the only event is at step 0, before any: set schedule.start_step > 0 (or an iterative "
+                "schedule; an event at step 0 falls back to calibration batches), or use stats_source=calibration"
+            )
         return events
 
     def _prune_before_sharding(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

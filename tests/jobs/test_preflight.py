@@ -138,6 +138,9 @@ def write_file(path, content: bytes) -> str:
         (["schedule=linear", "schedule.num_events=2.5"], "num_events must be whole numbers, got {'num_events': 2.5}"),
         (["eval.seq_lens=[0]"], "eval.seq_lens takes whole numbers >= 2, got 0"),
         (["eval.max_windows=0"], "eval.max_windows takes whole numbers >= 1, got 0"),
+        (["callbacks.pruning.stats_source=training"], "the only event is at step 0, before any"),  # was ignored
+        (["pruning.refit=maybe"], "pruning.refit must be true or false, got 'maybe'"),  # was taken as true
+        (["pruning.refit_damp=abc"], "pruning.refit_damp must be a finite non-negative number, got 'abc'"),
     ],
 )
 def test_bad_input_is_refused_before_the_model_loads(wikitext_dir, tmp_path, monkeypatch, overrides, message):
