@@ -4,9 +4,11 @@
     python -m prune_recover.study report study/small [more run folders or report files] --out study/small
 
 A study file lists `common` overrides and `arms: {name: [overrides]}`; each arm runs as
-`python train.py <common> <arm> output_dir=<out>/<name>`, arms whose report exists are skipped (a
+`python train.py <common> <arm> output_dir=<out>/<name>`, every arm's settings checked before the first
+runs; arms whose report exists are skipped (a
 rerun resumes the study: an arm cut off after a checkpoint resumes from it, one cut off before moves its
-partial files aside and starts again). `report` reads every `pruning_report.json` under the given paths and
+partial files aside and starts again). `report` reads every `pruning_report.json` under the given paths (but
+not the runs that `overwrite=true` moved into `replaced-<time>/`) and
 writes `report.md` (table: method, parameters, ppl@128, ppl@1024, perplexity on the other scored domains
 such as held-out code, zero-shot average, recovery tokens, wall time) and
 two PNG plots (perplexity vs parameters per method; validation perplexity over recovery steps), and
@@ -40,6 +42,8 @@ def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
     study = yaml.safe_load(Path(study_file).read_text())
     if not isinstance(study, dict) or not isinstance(study.get("arms"), dict) or not study["arms"]:
         raise ValueError(f"{study_file}: a study needs a non-empty mapping 'arms: {{name: [overrides]}}'")
+    for name, overrides in study["arms"].items():
+        check_arm(name, [*study.get("common", []), *overrides, *extra, f"output_dir={out / name}"])
     reports = []
     for name, overrides in study["arms"].items():
         report = out / name / "pruning_report.json"
@@ -60,11 +64,33 @@ def run_study(study_file: Path, out: Path, extra: list[str]) -> list[Path]:
     return reports
 
 
+def check_arm(name: str, overrides: list[str]) -> None:
+    """An arm's settings, checked from its config alone before any arm runs (a typo in the last arm would
+    otherwise surface after the others had trained for most of the study)."""
+    from prune_recover.jobs.configs import build, compose_train_config
+    from prune_recover.jobs.preflight import check_combinations, check_recovery
+    from prune_recover.models import load_config
+
+    try:
+        cfg = compose_train_config(overrides)
+        pruner, model_config = build(cfg.pruning), load_config(cfg.model.name)
+        build(cfg.data)
+        build(cfg.callbacks.pruning, pruner=pruner)  # the schedule
+        if pruner is not None:
+            pruner.plan(model_config)
+        check_combinations(cfg)
+        check_recovery(cfg, model_config)
+    except Exception as error:
+        raise ValueError(f"study arm '{name}' cannot run, so no arm was started: {error}") from error
+
+
 def collect(paths: list[Path]) -> list[dict]:
     """Every `pruning_report.json` at or under `paths`, with its arm name."""
     reports = []
     for path in map(Path, paths):
-        files = [path] if path.is_file() else sorted(path.rglob("pruning_report.json"))
+        found = [] if path.is_file() else path.rglob("pruning_report.json")
+        # runs that overwrite=true moved aside (replaced-<time>/) are superseded, not results
+        files = [path] if path.is_file() else sorted(f for f in found if not _superseded(f.relative_to(path)))
         for file in files:
             report = json.loads(file.read_text())
             report.setdefault("name", report.get("config", {}).get("study_arm") or file.parent.name)
@@ -72,6 +98,10 @@ def collect(paths: list[Path]) -> list[dict]:
     if not reports:
         raise FileNotFoundError(f"no pruning_report.json under {[str(p) for p in paths]}")
     return reports
+
+
+def _superseded(relative: Path) -> bool:
+    return any(part.startswith("replaced-") for part in relative.parts)
 
 
 def plots(reports: list[dict], table: list[dict], out: Path) -> list[Path]:

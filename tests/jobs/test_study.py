@@ -90,6 +90,22 @@ def test_a_study_file_without_arms_is_rejected(tmp_path):
         run_study(tmp_path / "s.yaml", tmp_path / "out", [])
 
 
+def test_an_arm_that_cannot_run_is_refused_before_any_arm_runs(wikitext_dir, tmp_path):
+    common = [o for o in tiny_overrides(wikitext_dir, "x") if not o.startswith("output_dir=")] + ["logger=csv"]
+    arms = {"good": ["recovery=lora"], "typo": ["pruning.importance=activaton"], "late": ["recovery=distill"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"common": common, "arms": arms}))
+    with pytest.raises(ValueError, match="study arm 'typo' cannot run, so no arm was started: .*activaton"):
+        run_study(tmp_path / "s.yaml", tmp_path / "out", [])
+    assert not (tmp_path / "out").exists()  # 'good' used to train and export first
+
+
+def test_the_report_leaves_out_runs_moved_aside_by_overwrite(tmp_path):
+    for folder in ["arm", "arm/replaced-2026-12-01_10-00-00"]:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "pruning_report.json").write_text(json.dumps({"config": {"study_arm": "arm"}}))
+    assert [report["name"] for report in collect([tmp_path])] == ["arm"]
+
+
 def test_study_table_has_a_column_for_each_held_out_domain_and_the_zeroshot_average():
     def report(name, params, code=None, zeroshot=None):
         by_domain = {"wikitext2": {"128": 40.0, "1024": 20.0}} | ({"code": {"128": 9.0, "1024": code}} if code else {})
