@@ -103,7 +103,8 @@ def zeroshot_section(export: Path, limit: int) -> str:
         out = REPO / "outputs" / "bench_default_zeroshot" / ("base" if model == "smollm2-135m" else "export")
         if not reusable(out / "eval_report.json", model, limit):
             command = [sys.executable, "-m", "prune_recover.eval", model, "eval.tasks=[zeroshot]"]
-            subprocess.run([*command, f"eval.task_limit={limit}", f"output_dir={out}"], cwd=REPO, check=True)
+            command += [f"eval.task_limit={limit}", f"output_dir={out}", "overwrite=true"]  # an unusable report moves
+            subprocess.run(command, cwd=REPO, check=True)
         scored = json.loads((out / "eval_report.json").read_text())
         results[name] = scored["result"]
         precisions.add(scored["protocol"].get("precision", "float32"))

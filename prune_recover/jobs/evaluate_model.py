@@ -4,7 +4,8 @@ MODEL is anything `load_model` accepts (`smollm2-135m`, a saved directory such a
 a `.gguf` file, a hub id in the local cache). The overrides are those of `train.py` for the `data` and
 `eval` nodes, e.g. `eval.tasks=[zeroshot] eval.task_limit=100 eval=wikitext2_code`. It prints the
 perplexity of every domain and the task scores, and writes them with the protocol to
-`<output_dir>/eval_report.json` (the same figures a training run reports as `base` and `final`).
+`<output_dir>/eval_report.json` (the same figures a training run reports as `base` and `final`); an earlier
+report there is refused unless `overwrite=true`, which moves it into `replaced-<time>/`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def evaluate_model(model_name: str, overrides: list[str]) -> dict:
     output_dir = Path(
         cfg.output_dir if any(o.startswith("output_dir=") for o in overrides) else _default_out(model_name)
     )
+    target, overwrite = output_dir / "eval_report.json", cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"{target} holds an earlier evaluation; choose another output_dir, or pass overwrite=true to move it "
+            "aside into replaced-<time>/"
+        )
     start = time.perf_counter()
     data = build(cfg.data)  # bad data or eval settings fail here, before the model loads
     tokenizer = load_tokenizer(cfg.model.name)
@@ -43,8 +52,12 @@ def evaluate_model(model_name: str, overrides: list[str]) -> dict:
         "config": OmegaConf.to_container(cfg.eval, resolve=True),
     }
     report["wall_seconds"] = time.perf_counter() - start
-    write_json_atomic(output_dir / "eval_report.json", report)
-    report["path"] = str(output_dir / "eval_report.json")
+    if target.exists():  # overwrite=true: the earlier evaluation is kept, aside
+        aside = output_dir / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        aside.mkdir()
+        target.rename(aside / target.name)
+    write_json_atomic(target, report)
+    report["path"] = str(target)
     return report
 
 
