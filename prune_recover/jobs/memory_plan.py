@@ -11,7 +11,7 @@ It composes the same config as `train.py` (e.g. `recipe=medit8b_to_4b8`), reads 
   gradient checkpointing each block's input is kept (`batch x seq x hidden`, 2 bytes) plus one block's working
   set, else every block's; and the float32 logits and their gradient (`batch x seq x vocab x 8`).
 Estimates leave out allocator fragmentation and CUDA context (~1-2 GiB): keep a margin. Exit status 1 when
-the total exceeds the GPU memory.
+the total exceeds the GPU memory, 2 when the settings cannot run (refused as `train.py` refuses them).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from prune_recover.jobs.configs import build, compose_train_config
-from prune_recover.models import load_config
+from prune_recover.jobs.preflight import check_recovery
+from prune_recover.models import DTYPES, load_config
 from prune_recover.pruning.targets import ParamModel
 
 GIB = 2**30
@@ -68,9 +69,28 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
+def check_plan_settings(cfg: DictConfig, config) -> None:
+    """The settings the plan reads, refused as `train.py` would refuse them (a plan of settings that cannot run
+    would say "fits" for nothing)."""
+    if cfg.recovery.method == "none":
+        raise ValueError(
+            "the memory plan is of a training run; recovery=none only prunes (the unpruned weights, plus one layer's "
+            "refit Gram matrix)"
+        )
+    dtypes = [*DTYPES, None]
+    if cfg.model.get("dtype") not in dtypes:
+        raise ValueError(f"model.dtype must be one of {dtypes}, got {cfg.model.get('dtype')!r}")
+    master = (cfg.callbacks.get("master_weights") or {}).get("dtype")
+    if master not in dtypes:
+        raise ValueError(f"callbacks.master_weights.dtype must be one of {dtypes}, got {master!r}")
+    build(cfg.data)  # block and batch sizes
+    check_recovery(cfg, config)  # method, LoRA rank and targets, distillation, optimizers
+
+
 def memory_plan(cfg: DictConfig, gpus: int, gpu_memory_gib: float) -> MemoryPlan:
     """The per-GPU memory of the run `cfg` describes, on `gpus` GPUs of `gpu_memory_gib` GiB."""
     config = load_config(cfg.model.name)
+    check_plan_settings(cfg, config)
     before = ParamModel.from_config(config)
     pruner = build(cfg.pruning)
     after = pruner.plan(config) if pruner is not None else None
@@ -123,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gpus < 1 or args.gpu_memory <= 0:
         parser.error(f"--gpus must be >= 1 and --gpu-memory > 0, got {args.gpus} and {args.gpu_memory}")
-    plan = memory_plan(compose_train_config(args.overrides), args.gpus, args.gpu_memory)
+    try:
+        plan = memory_plan(compose_train_config(args.overrides), args.gpus, args.gpu_memory)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2  # not a plan: 1 means one that does not fit
     print(plan.table())
     return 0 if plan.fits else 1
 

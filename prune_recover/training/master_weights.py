@@ -23,8 +23,11 @@ class MasterWeights(L.Callback):
     """Cast the trained model's floating-point parameters to `dtype` at setup (None leaves them as loaded)."""
 
     def __init__(self, dtype: str | None = None):
-        if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"callbacks.master_weights.dtype must name a torch dtype (e.g. float32), got '{dtype}'")
+        named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+        if dtype is not None and not (isinstance(named, torch.dtype) and named.is_floating_point):
+            raise ValueError(
+                f"callbacks.master_weights.dtype must name a floating-point torch dtype (e.g. float32), got '{dtype}'"
+            )
         self.dtype = getattr(torch, dtype) if dtype else None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -44,6 +44,22 @@ def test_the_command_exits_non_zero_when_the_plan_does_not_fit(capsys):
         main(["--gpus", "0"])
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.dtype=bfloat"], "model.dtype must be one of"),  # counted as 4 bytes, and said "fits"
+        (["data.batch_size=-4"], "batch_size >= 1"),  # a negative total that "fits"
+        (["recovery=lora", "recovery.module.lora.r=-64"], "lora needs r a positive integer"),
+        (["recovery=distill", "recovery.module.distill.alpha=5"], "distill.alpha must be in"),
+        (["callbacks.master_weights.dtype=fp32"], "master_weights.dtype must be one of"),  # was a KeyError
+        (["recovery=none"], "the memory plan is of a training run"),  # was a ConfigAttributeError
+    ],
+)
+def test_settings_train_py_would_refuse_get_no_plan_and_exit_2(capsys, overrides, message):
+    assert main(["--gpus", "1", "model.name=tiny-random", *overrides]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_distillation_teacher_is_sharded_like_the_weights_and_both_activation_settings_are_shown(llama31_8b_config):
     overrides = ["recipe=medit8b_to_4b8", f"model.name={llama31_8b_config}", "recovery.module.distill.alpha=1.0"]
     sharded = memory_plan(compose_train_config(overrides), gpus=8, gpu_memory_gib=80)

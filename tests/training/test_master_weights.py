@@ -23,6 +23,7 @@ def test_a_bf16_model_trains_on_float32_masters_under_bf16_mixed(wikitext_dir, t
     )
 
 
-def test_an_unknown_dtype_is_refused():
-    with pytest.raises(ValueError, match="must name a torch dtype"):
-        MasterWeights("float33")
+@pytest.mark.parametrize("dtype", ["float33", "int8"])  # int8 would have cast every weight to integers at setup
+def test_an_unknown_or_integer_dtype_is_refused(dtype):
+    with pytest.raises(ValueError, match="must name a floating-point torch dtype"):
+        MasterWeights(dtype)
