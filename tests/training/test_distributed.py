@@ -130,6 +130,31 @@ def test_a_restarted_sbatch_job_resumes_from_its_newest_checkpoint(tmp_path, che
     assert command[-1] == "ckpt_path=" + (resumed if resumed == "null" else str(out / resumed))
 
 
+def test_a_job_resubmitted_after_a_crash_continues_the_folder_it_is_given(tmp_path):
+    env = fake_slurm_env(tmp_path, "4444", tasks=1)  # a new job id
+    (tmp_path / "bin" / "srun").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/srun.log\n')
+    old = tmp_path / "outputs" / "slurm-4343"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.ckpt").write_text("")
+    env = {**env, "PRUNE_RECOVER_OUTPUT_DIR": str(old)}
+    subprocess.run(["bash", "slurm/train.sbatch", "recipe=smollm2_demo"], cwd=REPO, env=env, check=True, timeout=60)
+    command = (tmp_path / "srun.log").read_text().split()
+    assert command[-2:] == [f"output_dir={old}", f"ckpt_path={old / 'checkpoints' / 'last.ckpt'}"]  # was slurm-4444
+
+
+@pytest.mark.parametrize("exported", [True, False])
+def test_a_sweep_task_fails_when_its_run_exported_nothing_though_wandb_agent_exits_0(tmp_path, exported):
+    env = fake_slurm_env(tmp_path, "4545", tasks=1)
+    env.update(SLURM_ARRAY_JOB_ID="4545", SLURM_ARRAY_TASK_ID="3")
+    run = 'mkdir -p "$PRUNE_RECOVER_OUTPUT_ROOT/run/final" && touch "$PRUNE_RECOVER_OUTPUT_ROOT/run/final/config.json"'
+    agent = tmp_path / "bin" / "wandb"  # a stand-in for the agent: runs the sweep's command, exits 0 whatever it did
+    agent.write_text(f"#!/bin/bash\n{run if exported else 'false'}\nexit 0\n")
+    agent.chmod(0o755)
+    result = subprocess.run(["bash", "slurm/sweep.sbatch", "me/proj/sweep1"], cwd=REPO, env=env, capture_output=True)
+    assert result.returncode == (0 if exported else 1)
+    assert (tmp_path / "outputs" / "sweep-4545_3").is_dir() == exported
+
+
 def test_every_sbatch_file_parses():
     for script in sorted((REPO / "slurm").glob("*.sbatch")):
         subprocess.run(["bash", "-n", str(script)], check=True)
