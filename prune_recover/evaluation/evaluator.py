@@ -144,8 +144,8 @@ def build_evaluator(
             raise ValueError(f"eval.texts: the domain name '{name}' is taken (the test split is '{test_name}')")
         try:
             domains[name] = text_file_ids(paths, tokenizer)
-        except ValueError as error:
-            raise ValueError(f"the evaluation text '{name}': {error}") from error
+        except (ValueError, FileNotFoundError) as error:
+            raise type(error)(f"eval.texts.{name} ({paths}): {error}") from error
     task_evaluator = None
     if tasks:
         from prune_recover.evaluation.tasks import build_task_evaluator

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -155,10 +156,22 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
                 f"ckpt_path=last, but {path} does not exist: output_dir holds no checkpoint to resume. Drop ckpt_path "
                 "to start a new run, or give the output_dir of the run to resume"
             )
-        return path
+        return check_complete_checkpoint(path)
     path = Path(cfg.ckpt_path)
     if not path.exists():
         raise FileNotFoundError(f"ckpt_path={path} does not exist; give a checkpoint file (or sharded folder), or last")
+    return check_complete_checkpoint(path)
+
+
+def check_complete_checkpoint(path: Path) -> Path:
+    """Refuse a checkpoint that is not a whole one (a torch zip file, or a sharded folder with its metadata)
+    before the weights load; torch's own error would come after, and advise an unsafe load."""
+    if path.is_dir():
+        whole = (path / ".metadata").is_file() and (path / "meta.pt").is_file()
+    else:
+        whole = zipfile.is_zipfile(path)
+    if not whole:
+        raise ValueError(f"{path} is not a whole checkpoint (truncated, or not written by torch.save); resume another")
     return path
 
 

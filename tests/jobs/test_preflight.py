@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 import wandb
 
 from prune_recover.jobs.preflight import SETTINGS_FILE, check_resume_settings
@@ -70,7 +71,7 @@ def test_resuming_under_other_settings_is_refused_and_names_them(wikitext_dir, t
     (tmp_path / "saved_settings.json").rename(out / SETTINGS_FILE)
     # overwrite=true moves the earlier run aside only once every check has passed
     failing = tiny_overrides(wikitext_dir, out) + ["overwrite=true", f"+eval.texts.code={tmp_path / 'missing.py'}"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="eval.texts.code"):
         run(compose_config(failing))
     assert (out / "pruning_report.json").read_text() == report and not list(out.glob("replaced-*"))
 
@@ -171,7 +172,8 @@ def test_a_resumed_run_removes_the_temporary_files_of_checkpoint_writes_a_kill_i
     check_run(cfg)
     claim_output(cfg)  # a new run: records its settings
     (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "last.ckpt").write_bytes(b"complete")
+    torch.save({"global_step": 2}, out / "checkpoints" / "last.ckpt")
+    complete = (out / "checkpoints" / "last.ckpt").read_bytes()
     partial = [out / "checkpoints" / ".last.ckpt.tmp-1a2b3c4d", out / ".hpc_ckpt_1.ckpt.tmp-5e6f7a8b"]
     for path in partial:
         path.write_bytes(b"half a checkpoint")
@@ -179,4 +181,7 @@ def test_a_resumed_run_removes_the_temporary_files_of_checkpoint_writes_a_kill_i
     check_run(resumed)
     claim_output(resumed)
     assert not any(path.exists() for path in partial)
-    assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"complete"
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == complete
+    (out / "checkpoints" / "last.ckpt").write_bytes(complete[: len(complete) // 2])  # a copy cut short
+    with pytest.raises(ValueError, match="last.ckpt is not a whole checkpoint"):
+        check_run(resumed)  # torch failed only after the weights loaded, advising weights_only=False
