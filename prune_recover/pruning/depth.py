@@ -13,6 +13,7 @@ Removal is one-shot: blocks are scored once on the unpruned model.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ def _identity_output(module, args, kwargs, output):
 
 @torch.no_grad()
 def calibration_perplexity(model: nn.Module, batches: Sequence[torch.Tensor]) -> float:
-    """exp(mean next-token NLL) over the batches, in eval mode."""
+    """exp(mean next-token NLL) over the batches, in eval mode (inf past float range: a block whose removal
+    wrecks the model ranks last, not an OverflowError)."""
     device = model_device(model)
     nll, tokens = 0.0, 0
     with eval_mode(model):
@@ -70,7 +72,8 @@ def calibration_perplexity(model: nn.Module, batches: Sequence[torch.Tensor]) ->
             batch_nll, count = summed_nll(model, batch.to(device))
             nll += batch_nll.item()
             tokens += count
-    return math.exp(nll / tokens)
+    mean = nll / tokens
+    return math.exp(mean) if mean < math.log(sys.float_info.max) else math.inf
 
 
 def taylor_scores(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:

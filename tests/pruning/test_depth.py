@@ -72,3 +72,11 @@ def test_more_blocks_than_removable_is_a_clear_error():
 def test_a_negative_number_of_blocks_is_refused():
     with pytest.raises(ValueError, match="cannot remove -1 blocks"):
         choose_blocks(torch.arange(8.0), -1)
+
+
+def test_a_perplexity_past_float_range_is_inf_not_an_overflow_error():
+    model, _ = tiny_random("llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e4)  # logits so confident and wrong that the mean NLL passes 709
+    batches = token_batches(2, 16)
+    assert calibration_perplexity(model, batches) == math.inf
