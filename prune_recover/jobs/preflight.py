@@ -58,9 +58,8 @@ def check_run(cfg: DictConfig) -> None:
         raise NotADirectoryError(f"output_dir {output_dir} is a file; give a folder")
     checkpoint = resume_checkpoint(cfg)
     if checkpoint is not None:
-        check_resume_settings(
-            checkpoint_run(checkpoint), run_settings(cfg), own=checkpoint_run(checkpoint) == output_dir
-        )
+        run_dir = checkpoint_run(checkpoint)
+        check_resume_settings(run_dir, run_settings(cfg), own=run_dir.resolve() == output_dir.resolve())
         return
     used = used_outputs(output_dir)
     if used and not overwrite:
@@ -151,6 +150,8 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
         )
     if cfg.ckpt_path == "last":
         path = output_dir / "checkpoints" / "last.ckpt"
+        swapped_out = sorted(path.parent.glob(".last.ckpt.old-*"))  # a kill inside a swap: claim_output puts it back
+        path = path if path.exists() or not swapped_out else swapped_out[0]
         if not path.exists():
             raise FileNotFoundError(
                 f"ckpt_path=last, but {path} does not exist: output_dir holds no checkpoint to resume. Drop ckpt_path "

@@ -185,3 +185,21 @@ def test_a_resumed_run_removes_the_temporary_files_of_checkpoint_writes_a_kill_i
     (out / "checkpoints" / "last.ckpt").write_bytes(complete[: len(complete) // 2])  # a copy cut short
     with pytest.raises(ValueError, match="last.ckpt is not a whole checkpoint"):
         check_run(resumed)  # torch failed only after the weights loaded, advising weights_only=False
+
+
+def test_a_resume_finds_its_own_run_by_any_path_and_a_checkpoint_a_kill_left_swapped_out(
+    wikitext_dir, tmp_path, monkeypatch
+):
+    from prune_recover.jobs.preflight import check_run, claim_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # a run from before settings were recorded
+    torch.save({"global_step": 2}, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    by_path = [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"]
+    check_run(compose_config(tiny_overrides(wikitext_dir, "run") + by_path))  # output_dir relative: its own run
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "last.ckpt").rename(checkpoints / ".last.ckpt.old-0123abcd")  # between a swap's two renames
+    resumed = compose_config(tiny_overrides(wikitext_dir, "run") + ["ckpt_path=last"])
+    check_run(resumed)
+    claim_output(resumed)
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]
