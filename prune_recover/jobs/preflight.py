@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import time
-import zipfile
 from pathlib import Path
 
 import torch
@@ -33,10 +32,8 @@ from transformers import AutoModelForCausalLM
 
 from prune_recover.files import write_json_atomic
 from prune_recover.jobs.configs import build
-from prune_recover.logs import get_logger
+from prune_recover.training.atomic_checkpoint import check_complete_checkpoint, remove_partial_writes
 from prune_recover.training.recovery_settings import method_settings
-
-log = get_logger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
 # What a resumed run must share with the run it resumes (a path into the config, dotted).
@@ -164,18 +161,6 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     return check_complete_checkpoint(path)
 
 
-def check_complete_checkpoint(path: Path) -> Path:
-    """Refuse a checkpoint that is not a whole one (a torch zip file, or a sharded folder with its metadata)
-    before the weights load; torch's own error would come after, and advise an unsafe load."""
-    if path.is_dir():
-        whole = (path / ".metadata").is_file() and (path / "meta.pt").is_file()
-    else:
-        whole = zipfile.is_zipfile(path)
-    if not whole:
-        raise ValueError(f"{path} is not a whole checkpoint (truncated, or not written by torch.save); resume another")
-    return path
-
-
 def checkpoint_run(checkpoint: Path) -> Path:
     """The output folder of the run that wrote `checkpoint` (`<run>/checkpoints/*.ckpt` or `<run>/hpc_ckpt_N.ckpt`)."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -204,30 +189,6 @@ def check_resume_settings(run_dir: Path, settings: dict, own: bool = True) -> No
             f"settings do not describe: {'; '.join(differences)}. Resume with the original settings, or start a new "
             "output_dir"
         )
-
-
-def remove_partial_writes(output_dir: Path) -> list[Path]:
-    """Delete the temporary files (and sharded checkpoints' folders) of checkpoint writes that a kill interrupted
-    (the checkpoints they were replacing are intact); no write is in progress when a run starts.
-
-    A kill inside a sharded checkpoint's swap (`files.replace_dir`, between its two renames) leaves the old folder
-    beside a missing target: it is put back."""
-    folders = [output_dir, output_dir / "checkpoints"]
-    for old in [path for folder in folders for path in folder.glob(".*.ckpt.old-*")]:
-        target = old.with_name(old.name[1:].rsplit(".old-", 1)[0])
-        if not target.exists():
-            log.warning("Restoring %s from %s: a checkpoint swap was interrupted", target, old)
-            old.rename(target)
-    partial = [
-        path for folder in folders for pattern in (".*.ckpt.tmp-*", ".*.ckpt.old-*") for path in folder.glob(pattern)
-    ]
-    for path in partial:
-        log.warning("Removing %s: the temporary file of a checkpoint write that was interrupted", path)
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    return partial
 
 
 def used_outputs(output_dir: Path) -> list[Path]:

@@ -72,6 +72,8 @@ class Pruner:
         depth: DepthSpec | Mapping | None = None,
         obs_round: int = OBS_ROUND,
     ):
+        if not isinstance(refit, bool):
+            raise ValueError(f"pruning.refit must be true or false, got {refit!r}")
         self.scorer = get_scorer(importance)
         if self.scorer.select is not None:
             if not refit:
@@ -85,10 +87,7 @@ class Pruner:
         self.target = WidthTarget(ratio, expansion_ratio, target_params, round_to) if widths_given else None
         self.depth = depth if isinstance(depth, DepthSpec) else DepthSpec(**(depth or {}))
         if self.target is None and self.depth.num_blocks == 0:
-            raise ValueError(
-                "nothing to prune: set one of pruning.ratio / expansion_ratio / target_params, "
-                "or pruning.depth.num_blocks > 0"
-            )
+            raise ValueError("nothing to prune: set pruning.ratio, expansion_ratio, target_params or depth.num_blocks")
         if calibration_mode not in CALIBRATION_MODES:
             raise ValueError(f"pruning.calibration_mode must be one of {CALIBRATION_MODES}, got '{calibration_mode}'")
         if calibration_mode == "carried" and not (refit and self.target is not None):
@@ -96,15 +95,11 @@ class Pruner:
                 "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
                 "it needs width pruning with pruning.refit=true"
             )
-        if not isinstance(refit, bool):
-            raise ValueError(f"pruning.refit must be true or false, got {refit!r}")
-        if isinstance(refit_damp, bool) or not isinstance(refit_damp, (int, float)) or not refit_damp >= 0:
+        number = isinstance(refit_damp, (int, float)) and not isinstance(refit_damp, bool)
+        if not (number and math.isfinite(refit_damp) and refit_damp >= 0):
             raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp!r}")
-        if not math.isfinite(refit_damp):
-            raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp}")
         self.refit = refit and self.target is not None
-        self.refit_damp = refit_damp
-        self.calibration_mode = calibration_mode
+        self.refit_damp, self.calibration_mode = refit_damp, calibration_mode
 
     @property
     def needs_calibration(self) -> bool:

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from prune_recover.jobs.preflight import remove_partial_writes
-from prune_recover.training.atomic_checkpoint import AtomicFSDPStrategy
+from prune_recover.training.atomic_checkpoint import AtomicFSDPStrategy, remove_partial_writes
 
 
 class DiskFullOnSave:
