@@ -120,6 +120,8 @@ def test_sigusr1_checkpoint_at_a_step_boundary_then_requeued_resume_is_bit_ident
     first.send_signal(signal.SIGUSR1)
     stderr = finished(first, expected=128 + signal.SIGUSR1)
     assert "stopped by SIGUSR1" in stderr and (out / "hpc_ckpt_1.ckpt").is_file()
+    saved = torch.load(out / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert saved["hf_config"]["intermediate_size"] == 77 and saved["global_step"] >= 12  # the pruned shapes
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "5151"]
     assert not (out / "final").exists(), "a stopped run exports nothing"
     stderr = finished(start(resume_overrides(wikitext_dir, data_dir, out), env))  # the requeued job: same command
