@@ -10,6 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from prune_recover.jobs.evaluate_model import evaluate_model
+from prune_recover.jobs.evaluate_model import main as evaluate_main
 from prune_recover.jobs.export import HubPushError
 from prune_recover.models import model_origin
 from prune_recover.tiny_models import tiny_random
@@ -131,5 +132,5 @@ def test_the_evaluation_command_scores_any_model_without_training(wikitext_dir, 
     with pytest.raises(FileExistsError, match="holds an earlier evaluation"):  # was silently replaced
         evaluate_model("tiny-random", command[4:])  # the same overrides, in this process (no start-up)
     assert json.loads((out / "eval_report.json").read_text()) == report
-    usage = subprocess.run([sys.executable, "-m", "prune_recover.eval"], cwd=REPO, capture_output=True, text=True)
-    assert usage.returncode != 0 and "usage: python -m prune_recover.eval MODEL" in usage.stderr
+    with pytest.raises(SystemExit, match="usage: python -m prune_recover.eval MODEL"):
+        evaluate_main([])
