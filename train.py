@@ -31,8 +31,9 @@ def run(cfg: DictConfig) -> dict | None:
     # Built first so that bad settings, missing files and unreachable targets fail before any weights load.
     pruner = build(cfg.pruning)
     data = build(cfg.data)
+    model_config = load_config(cfg.model.name)  # the config alone: no weights
     if pruner is not None:
-        pruner.plan(load_config(cfg.model.name))
+        pruner.plan(model_config)
     check_push_target(cfg.export.push_to_hub)
     check_run(cfg)  # the output folder, a resume's checkpoint and settings, combinations that cannot work
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -53,7 +54,6 @@ def run(cfg: DictConfig) -> dict | None:
     pruning = build(cfg.callbacks.pruning, pruner=pruner)
     loggers = [build(node) for node in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=[pruning, *map(build, callbacks.values())], logger=loggers)
-    model_config = load_config(cfg.model.name)
     check_recovery(cfg, model_config)
     if pruner is not None:
         pruning.plan_events(model_config, trainer)  # every event before max_steps (and at step 0 under FSDP)

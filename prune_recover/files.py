@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -78,3 +79,12 @@ def publish_dir(new: Path, target: Path) -> bool:
             raise
         shutil.rmtree(new, ignore_errors=True)
         return False
+
+
+def move_aside(folder: Path, paths: list[Path]) -> Path:
+    """Move `paths` (inside `folder`) into a new `folder/replaced-<time>/`, never deleting them; return it."""
+    aside = Path(folder) / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    aside.mkdir()
+    for path in paths:
+        shutil.move(str(path), aside / Path(path).name)
+    return aside

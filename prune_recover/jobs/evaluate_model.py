@@ -17,8 +17,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from prune_recover.evaluation.tasks import headline_metric
-from prune_recover.files import write_json_atomic
+from prune_recover.files import move_aside, write_json_atomic
 from prune_recover.jobs.configs import build, compose_train_config, evaluator_for
+from prune_recover.jobs.preflight import check_overwrite
 from prune_recover.models import load_model, load_tokenizer
 
 USAGE = "usage: python -m prune_recover.eval MODEL [key=value ...]   (e.g. eval.tasks=[zeroshot] eval.task_limit=100)"
@@ -30,10 +31,8 @@ def evaluate_model(model_name: str, overrides: list[str]) -> dict:
     output_dir = Path(
         cfg.output_dir if any(o.startswith("output_dir=") for o in overrides) else _default_out(model_name)
     )
-    target, overwrite = output_dir / "eval_report.json", cfg.get("overwrite", False)
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
-    if target.exists() and not overwrite:
+    target = output_dir / "eval_report.json"
+    if target.exists() and not check_overwrite(cfg):
         raise FileExistsError(
             f"{target} holds an earlier evaluation; choose another output_dir, or pass overwrite=true to move it "
             "aside into replaced-<time>/"
@@ -53,9 +52,7 @@ def evaluate_model(model_name: str, overrides: list[str]) -> dict:
     }
     report["wall_seconds"] = time.perf_counter() - start
     if target.exists():  # overwrite=true: the earlier evaluation is kept, aside
-        aside = output_dir / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-        aside.mkdir()
-        target.rename(aside / target.name)
+        move_aside(output_dir, [target])
     write_json_atomic(target, report)
     report["path"] = str(target)
     return report

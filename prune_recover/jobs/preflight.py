@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +28,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM
 
-from prune_recover.files import write_json_atomic
+from prune_recover.files import move_aside, write_json_atomic
 from prune_recover.jobs.configs import build
 from prune_recover.training.atomic_checkpoint import check_complete_checkpoint, remove_partial_writes
 from prune_recover.training.recovery_settings import method_settings
@@ -46,9 +44,7 @@ def check_run(cfg: DictConfig) -> None:
     """All checks that need only the config and the output folder (nothing is written: see `claim_output`)."""
     if not str(cfg.output_dir or "").strip():
         raise ValueError("output_dir is empty; give the folder the run writes to, e.g. output_dir=outputs/run1")
-    overwrite = cfg.get("overwrite", False)
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
+    overwrite = check_overwrite(cfg)
     check_combinations(cfg)
     output_dir = Path(cfg.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -66,22 +62,25 @@ def check_run(cfg: DictConfig) -> None:
         )
 
 
+def check_overwrite(cfg: DictConfig) -> bool:
+    """`overwrite`, refused unless a boolean (a string such as `no` would read as true)."""
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
+    return overwrite
+
+
 def claim_output(cfg: DictConfig) -> None:
     """Once every check has passed, just before the model loads: a new run moves an earlier one aside
     (`overwrite=true`) and records its settings; a resumed run removes the temporary files of interrupted writes."""
     if not is_global_zero():
         return
-    output_dir = Path(cfg.output_dir)
-    if resume_checkpoint(cfg) is not None:
+    output_dir, resumed = Path(cfg.output_dir), resume_checkpoint(cfg) is not None
+    if resumed:
         remove_partial_writes(output_dir)
-    else:
-        used = used_outputs(output_dir)
-        if used:
-            aside = output_dir / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-            aside.mkdir()
-            for path in used:
-                shutil.move(str(path), aside / path.name)
-    if resume_checkpoint(cfg) is None or not (output_dir / SETTINGS_FILE).is_file():
+    elif used := used_outputs(output_dir):
+        move_aside(output_dir, used)
+    if not resumed or not (output_dir / SETTINGS_FILE).is_file():
         write_json_atomic(output_dir / SETTINGS_FILE, run_settings(cfg))
 
 
