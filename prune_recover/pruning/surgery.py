@@ -189,6 +189,14 @@ def remove_blocks(
         raise ValueError(f"block indices must be in [0, {len(blocks)}), got {removed}")
     if len(removed) >= len(blocks):
         raise ValueError(f"cannot remove {len(removed)} of {len(blocks)} blocks: at least one must remain")
+    config = unwrap(model).config
+    for key in PER_LAYER_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, list) and len(value) != len(blocks):
+            raise ValueError(
+                f"config.{key} has {len(value)} entries but the model has {len(blocks)} decoder blocks: it must "
+                f"hold one per block to follow the removal; fix the config before removing blocks"
+            )
     removed_set = set(removed)
     gone = {id(p) for i in removed for p in blocks[i].parameters()}
     for optimizer in optimizers:
@@ -202,10 +210,9 @@ def remove_blocks(
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_index
     set_decoder_blocks(model, nn.ModuleList(kept))
-    config = unwrap(model).config
     for key in PER_LAYER_CONFIG_KEYS:
         value = getattr(config, key, None)
-        if isinstance(value, list) and len(value) == len(blocks):
+        if isinstance(value, list):
             setattr(config, key, [entry for i, entry in enumerate(value) if i not in removed_set])
     window_layers = getattr(config, "max_window_layers", None)  # Qwen2/3: blocks below it use full attention
     if isinstance(window_layers, int):

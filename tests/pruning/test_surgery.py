@@ -128,6 +128,14 @@ def test_after_block_removal_qwens_window_layer_count_still_gives_its_layer_type
     assert rebuilt.layer_types == saved["layer_types"]
 
 
+def test_a_per_layer_config_list_of_another_length_is_refused_before_any_block_is_removed():
+    model, _ = tiny_random("qwen2", num_hidden_layers=6)
+    model.config.layer_types = model.config.layer_types[:5]  # one entry short: it cannot follow the removal
+    with pytest.raises(ValueError, match="config.layer_types has 5 entries but the model has 6 decoder blocks"):
+        remove_blocks(model, [2])
+    assert len(decoder_blocks(model)) == 6 and model.config.num_hidden_layers == 6
+
+
 def test_a_merged_adapter_in_the_last_layer_is_refused_before_any_layer_is_sliced():
     model, _ = tiny_random("llama")
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"])
