@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
 from prune_recover.data.tokens import SEPARATORS, joined_ids, text_per_window, tokenize_rows, windows
+from prune_recover.settings import check_whole_numbers
 
 SINGLE = "data"  # the name of the one component of a data module without a mixture
 SOURCE_FIELDS = ("wikitext_dir", "hub_dataset", "hub_config", "files", "text_field")
@@ -189,11 +190,12 @@ class CalibrationSpec:
     seed: int | None = 0
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.seq_len < 2 or self.batch_size < 1:
-            raise ValueError(
-                "data.calibration needs num_samples >= 1, seq_len >= 2 and batch_size >= 1, got "
-                f"{self.num_samples}, {self.seq_len}, {self.batch_size}"
-            )
+        counts = {
+            "num_samples": (self.num_samples, 1),
+            "seq_len": (self.seq_len, 2),
+            "batch_size": (self.batch_size, 1),
+        }
+        check_whole_numbers({f"data.calibration.{name}": count for name, count in counts.items()})
 
 
 def interleave(parts: list, weights: list[float], seed: int):

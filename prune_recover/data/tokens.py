@@ -95,7 +95,9 @@ def windows(
     available = ids.numel() // text
     count = available if count is None else count
     if count < 1 or count > available:
-        raise ValueError(f"asked for {count} windows of {seq_len} tokens but the text holds {available}")
+        raise ValueError(
+            f"asked for {count} windows of {seq_len} tokens but the text ({ids.numel()} tokens) holds {available}"
+        )
     all_windows = ids[: available * text].view(available, text)
     if seed is None:
         chosen = all_windows[:count].clone()

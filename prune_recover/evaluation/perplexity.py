@@ -23,6 +23,7 @@ from torch import nn
 
 from prune_recover.data.tokens import text_per_window, windows
 from prune_recover.lm import check_forward_precision, eval_mode, forward_precision, model_device, summed_nll
+from prune_recover.settings import check_whole_numbers
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,10 @@ class PerplexityProtocol:
 
     def __post_init__(self):
         check_forward_precision(self.precision)
-        counts = {"seq_lens": (self.seq_len, 2), "batch_size": (self.batch_size, 1)}
+        counts = {"eval.seq_lens": (self.seq_len, 2), "eval.batch_size": (self.batch_size, 1)}
         if self.max_windows is not None:
-            counts["max_windows"] = (self.max_windows, 1)
-        for name, (value, least) in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"eval.{name} takes whole numbers >= {least}, got {value!r}")
+            counts["eval.max_windows"] = (self.max_windows, 1)
+        check_whole_numbers(counts)
 
     def describe(self) -> dict:
         return {

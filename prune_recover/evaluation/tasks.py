@@ -29,6 +29,7 @@ from prune_recover.data.tokens import leading_bos
 from prune_recover.evaluation.wikitext_tasks import LOCAL_TASKS, build_local_tasks
 from prune_recover.files import cache_root, write_text_atomic
 from prune_recover.lm import eval_mode, model_device
+from prune_recover.settings import check_whole_numbers
 
 ZEROSHOT_GROUP = "zeroshot"
 # Resamples for the standard errors lm-eval estimates by bootstrap (its default, 100,000, takes minutes in-process).
@@ -216,10 +217,13 @@ def build_task_evaluator(
 
     Raises:
         FileNotFoundError: the zero-shot files or the WikiText-2 test file are missing.
-        ValueError: a task name lm-eval does not know, a bad limit, or BOS asked of a tokenizer that does not add it.
+        ValueError: a task name lm-eval does not know, a bad limit or batch size, or BOS asked of a tokenizer
+            that does not add it.
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"eval.task_limit must be a positive number of items per task or null, got {limit}")
+    counts = {"eval.task_batch_size": (batch_size, 1)}
+    if limit is not None:  # null = every item
+        counts["eval.task_limit"] = (limit, 1)
+    check_whole_numbers(counts)
     if add_bos and leading_bos("auto", tokenizer) is None:
         raise ValueError(
             "data.bos=true, but lm-eval adds BOS only through the tokenizer, and this one does not put it first: "

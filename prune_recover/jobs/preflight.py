@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM
 
 from prune_recover.files import move_aside, write_json_atomic
 from prune_recover.jobs.configs import build
+from prune_recover.settings import check_whole_numbers
 from prune_recover.training.atomic_checkpoint import check_complete_checkpoint, remove_partial_writes
 from prune_recover.training.recovery_settings import method_settings
 
@@ -125,6 +126,14 @@ def check_recovery(cfg: DictConfig, model_config) -> None:
                 build(node[name])([torch.nn.Parameter(torch.zeros(1))])
             except Exception as error:
                 raise ValueError(f"recovery.module.{name} cannot build an optimizer: {error}") from error
+    if node.get("scheduler") is not None:
+        if "num_warmup_steps" in node.scheduler:
+            check_whole_numbers({"recovery.module.scheduler.num_warmup_steps": (node.scheduler.num_warmup_steps, 0)})
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        try:
+            build(node.scheduler)(optimizer, num_training_steps=max(1, cfg.trainer.get("max_steps") or 1))
+        except Exception as error:
+            raise ValueError(f"recovery.module.scheduler cannot build a learning-rate scheduler: {error}") from error
 
 
 def run_settings(cfg: DictConfig) -> dict:

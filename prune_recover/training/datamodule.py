@@ -31,6 +31,7 @@ from prune_recover.data.mixture import (
 from prune_recover.data.packing import block_tensor, pack
 from prune_recover.data.sources import Source
 from prune_recover.data.tokens import batched, check_bos_setting, joined_ids, leading_bos, text_per_window, windows
+from prune_recover.settings import check_whole_numbers
 from prune_recover.training.resume import EpochShuffle, StreamLoader
 
 
@@ -88,13 +89,10 @@ class CausalLMDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.sources = Source.resolve(wikitext_dir, hub_dataset, hub_config, files, text_field)
         self.eval_sources = Source.resolve(**eval_from, text_field=text_field) if eval_from else None
-        if block_size < 2 or batch_size < 1:
-            raise ValueError(f"data.block_size must be >= 2 and batch_size >= 1, got {block_size}, {batch_size}")
-        if num_workers < 0 or (max_val_blocks is not None and max_val_blocks < 1):
-            raise ValueError(
-                f"data.num_workers must be >= 0 and data.max_val_blocks >= 1 or null (null = all), "
-                f"got {num_workers} and {max_val_blocks}"
-            )
+        counts = {"block_size": (block_size, 2), "batch_size": (batch_size, 1), "num_workers": (num_workers, 0)}
+        if max_val_blocks is not None:  # null = all
+            counts["max_val_blocks"] = (max_val_blocks, 1)
+        check_whole_numbers({f"data.{name}": count for name, count in counts.items()})
         self.calibration = (
             calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(**(calibration or {}))
         )
@@ -169,8 +167,7 @@ class CausalLMDataModule(L.LightningDataModule):
         return self._blocks["components"]
 
     def _val_blocks(self):
-        """Validation blocks: with a stream, from the validation splits alone (the training split is never packed
-        whole); else the mixture's, made with the training blocks."""
+        """Validation blocks: a stream's from its validation splits alone (never packed whole), else the mixture's."""
         if not self.streaming:
             return self._train_val_blocks()[1]
         if "val" not in self._blocks:
@@ -218,23 +215,25 @@ class CausalLMDataModule(L.LightningDataModule):
         return DataLoader(blocks, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def check_sizes(self, calibration: bool) -> None:
-        """Fail now, before weights load, if training, validation or calibration would get no data (a stream's
-        training split is not read here)."""
-        self._val_blocks()  # with a stream, the validation splits only
+        """Fail now, before weights load, if training, validation or calibration would get no data."""
+        self._val_blocks()  # with a stream, the validation splits only (its training split is not read here)
         if calibration:
             self.calibration_batches()
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """Calibration windows `[batch_size, seq_len]`: from `calibration.split`, else from the training mixture."""
         spec, bos = self.calibration, self.bos_id()
-        if spec.split is not None:
-            samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed, bos)
-        elif self.streaming:
-            text = spec.num_samples * text_per_window(spec.seq_len, bos)
-            samples = windows(self.components[0].first_streamed_tokens(self.tokenizer, text), spec.seq_len, bos=bos)
-        else:
-            blocks = [train for train, _ in self._component_blocks()]
-            samples = calibration_windows(self.components, blocks, spec.num_samples, spec.seq_len, spec.seed, bos)
+        try:
+            if spec.split is not None:
+                samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed, bos)
+            elif self.streaming:
+                text = spec.num_samples * text_per_window(spec.seq_len, bos)
+                samples = windows(self.components[0].first_streamed_tokens(self.tokenizer, text), spec.seq_len, bos=bos)
+            else:
+                blocks = [train for train, _ in self._component_blocks()]
+                samples = calibration_windows(self.components, blocks, spec.num_samples, spec.seq_len, spec.seed, bos)
+        except ValueError as error:  # name the settings: lower num_samples or seq_len, or give more text
+            raise ValueError(f"data.calibration.num_samples / seq_len: {error}") from error
         return batched(samples, spec.batch_size)
 
     def describe(self) -> dict:

@@ -125,7 +125,7 @@ def test_the_zeroshot_group_runs_every_task_with_stderr_counts_and_average():
     [
         (["zeroshot", "hellaswag_offline"], ZEROSHOT_DIR, ValueError, r"unknown task\(s\) \['hellaswag_offline'\]"),
         (["zeroshot"], "/nonexistent", FileNotFoundError, "the zero-shot suite needs .*arc_easy.jsonl"),
-        (["arc_easy"], ZEROSHOT_DIR, ValueError, "task_limit must be a positive number"),
+        (["arc_easy"], ZEROSHOT_DIR, ValueError, "eval.task_limit takes a whole number >= 1, got 0"),
     ],
 )
 def test_bad_task_settings_are_refused_before_any_model_is_used(tasks, zeroshot_dir, error, message):

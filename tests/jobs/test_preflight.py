@@ -120,9 +120,12 @@ def write_file(path, content: bytes) -> str:
     [
         (["pruning.ratio=abc"], "pruning.ratio must be a number or null, got 'abc'"),
         (["seed=abc"], "seed must be an integer, got 'abc'"),
-        (["data.num_workers=-1"], r"data.num_workers must be >= 0 .* got -1"),
-        (["data.max_val_blocks=0"], r"data.max_val_blocks >= 1 or null .*got 0 and 0"),
-        (["data.calibration.num_samples=100000"], "asked for 100000 windows of 64 tokens but the text holds"),
+        (["data.num_workers=-1"], "data.num_workers takes a whole number >= 0, got -1"),
+        (["data.max_val_blocks=0"], "data.max_val_blocks takes a whole number >= 1, got 0"),
+        (["data.block_size=abc"], "data.block_size takes a whole number >= 2, got 'abc'"),  # was: '<' not supported
+        (["data.calibration.seq_len=abc"], "data.calibration.seq_len takes a whole number >= 2, got 'abc'"),
+        (["data.calibration.num_samples=100000"], "num_samples / seq_len: asked for 100000 windows of 64 tokens but"),
+        (["data.calibration.seq_len=100000000"], r"num_samples / seq_len: asked for 4 windows of 100000000 tokens"),
         (["pruning.depth.num_blocks=4"], "at least one must remain"),
         ([("empty.txt", b"")], r"the data files \['.*empty.txt'\] are empty"),
         ([("latin1.txt", b"caf\xe9 " * 50)], r"cannot read \['.*latin1.txt'\] as text: UnicodeDecodeError"),
@@ -137,8 +140,12 @@ def write_file(path, content: bytes) -> str:
         (["recovery.module.optimizer._target_=torch.optim.AdamWW"], "recovery.module.optimizer cannot build"),
         (["schedule=linear", "schedule.end_step=30", "schedule.num_events=3"], "last pruning event is at step 30"),
         (["schedule=linear", "schedule.num_events=2.5"], "num_events must be whole numbers, got {'num_events': 2.5}"),
-        (["eval.seq_lens=[0]"], "eval.seq_lens takes whole numbers >= 2, got 0"),
-        (["eval.max_windows=0"], "eval.max_windows takes whole numbers >= 1, got 0"),
+        (["eval.seq_lens=[0]"], "eval.seq_lens takes a whole number >= 2, got 0"),
+        (["eval.max_windows=0"], "eval.max_windows takes a whole number >= 1, got 0"),
+        (["eval.tasks=[zeroshot]", "eval.task_batch_size=0"], "eval.task_batch_size takes a whole number >= 1, got 0"),
+        (["eval.tasks=[zeroshot]", "eval.task_limit=0"], "eval.task_limit takes a whole number >= 1, got 0"),
+        (["recovery.module.scheduler.num_warmup_steps=-5"], "num_warmup_steps takes a whole number >= 0, got -5"),
+        (["recovery.module.scheduler._target_=torch.optim.lr_scheduler.Nope"], "cannot build a learning-rate sched"),
         (["callbacks.pruning.stats_source=training"], "the only event is at step 0, before any"),  # was ignored
         (["pruning.refit=maybe"], "pruning.refit must be true or false, got 'maybe'"),  # was taken as true
         (["pruning.refit_damp=abc"], "pruning.refit_damp must be a finite non-negative number, got 'abc'"),

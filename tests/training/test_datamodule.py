@@ -76,7 +76,7 @@ def test_with_a_tokenizer_that_starts_texts_with_bos_every_block_and_window_star
         ({"val_fraction": 0.0}, ValueError, "needs data.val_fraction > 0"),
         ({"files": {"train": __file__}}, ValueError, "set one data source"),
         ({"document_separator": "newline"}, ValueError, r"data.document_separator must be one of \('eos', 'none'\)"),
-        ({"calibration": {"num_samples": 0}}, ValueError, "data.calibration needs num_samples >= 1"),
+        ({"calibration": {"num_samples": 0}}, ValueError, "calibration.num_samples takes a whole number >= 1, got 0"),
         ({"bos": "yes"}, ValueError, r"data.bos must be one of \('auto', True, False\), got 'yes'"),
     ],
 )

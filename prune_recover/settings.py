@@ -1,0 +1,20 @@
+"""Checks of config values shared by the modules that take them, each error naming the setting.
+
+A Hydra override reads `data.block_size=abc` as a string and `=true` as a boolean; without these checks such a value
+fails later with a comparison error that names no setting, or, for a boolean, passes as 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def check_whole_numbers(settings: Mapping[str, tuple[object, int]]) -> None:
+    """Raise naming every setting of `{name: (value, least)}` that is not a whole number >= its least."""
+    wrong = [
+        f"{name} takes a whole number >= {least}, got {value!r}"
+        for name, (value, least) in settings.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value < least
+    ]
+    if wrong:
+        raise ValueError("; ".join(wrong))
