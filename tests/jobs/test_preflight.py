@@ -99,12 +99,23 @@ def test_a_setting_the_resumed_run_did_not_record_is_not_compared(tmp_path):
         check_resume_settings(tmp_path, now)
 
 
-def test_a_schedule_left_half_done_fails_and_exports_nothing(wikitext_dir, tmp_path):
+def test_a_schedule_past_the_last_epoch_is_refused_before_the_first_step(wikitext_dir, tmp_path):
     out = tmp_path / "run"
     epoch_of_3_steps = ["trainer.max_steps=-1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
     schedule = ["schedule=linear", "schedule.start_step=0", "schedule.end_step=6", "schedule.num_events=2"]
-    with pytest.raises(RuntimeError, match=r"before the pruning events at steps \[6\].*nothing was exported"):
-        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + schedule))
+    with pytest.raises(ValueError, match=r"training ends after 3 optimizer steps .* scheduled at steps \[6\]"):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + schedule))  # trained all 3 steps,
+        # then failed, before the check
+    assert not (out / "checkpoints").exists() and not (out / "final").exists()  # not one step trained
+    assert any((out / "wandb").glob("offline-run-*")) and wandb.run is None
+
+
+def test_a_schedule_left_half_done_by_a_time_limit_fails_and_exports_nothing(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    one_second = ["trainer.max_steps=2000", "+trainer.max_time=00:00:00:01"]  # far fewer steps than 2000 in 1 s
+    schedule = ["schedule=linear", "schedule.start_step=0", "schedule.end_step=1900", "schedule.num_events=2"]
+    with pytest.raises(RuntimeError, match=r"before the pruning events at steps \[1900\].*nothing was exported"):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + one_second + schedule))
     assert not (out / "final").exists() and not (out / "pruning_report.json").exists()
     assert any((out / "wandb").glob("offline-run-*")) and wandb.run is None  # the next run in this process logs
     # to a run of its own, not into this failed one's
