@@ -7,6 +7,7 @@ It runs `python train.py output_dir=outputs/bench_default logger=csv` (the defau
 the figures of its pruning_report.json with the run's wall time. `--report` writes the section from the report
 of a run already made with the default recipe (e.g. the `distill-mix` row of bench/general_quality.py, which
 adds the zero-shot suite at the end) instead of running it again; the section names that run's command.
+`--section NAME` writes another section than `default_recipe` (a run on another machine beside the first).
 `--zeroshot N` also scores the unpruned model and the run's export on the zero-shot suite, N items per task,
 with `python -m prune_recover.eval` (reports under outputs/bench_default_zeroshot/, reused when they scored the
 same model at the same item count).
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", type=Path, default=None, help="pruning_report.json of a default-recipe run")
     parser.add_argument("--zeroshot", type=int, default=None, metavar="N", help="zero-shot items per task")
+    parser.add_argument("--section", default="default_recipe", help="the docs/BENCHMARKS.md section to write")
     args = parser.parse_args()
     if args.report is None:
         out = REPO / "outputs" / "bench_default"
@@ -59,7 +61,8 @@ def main() -> None:
             "## Default recipe (`python train.py` = recipe smollm2_demo), end to end",
             "",
             f"Command: `{COMMAND}{' --report ' + str(args.report) if args.report else ''}"
-            f"{' --zeroshot ' + str(args.zeroshot) if args.zeroshot else ''}`; the run: "
+            f"{' --zeroshot ' + str(args.zeroshot) if args.zeroshot else ''}"
+            f"{' --section ' + args.section if args.section != 'default_recipe' else ''}`; the run: "
             f"`{report.get('command') or 'python train.py output_dir=outputs/bench_default logger=csv'}`. "
             f"Measured on {machine()}, precision {config['trainer']['precision']} (evaluation "
             f"{report['protocol'].get('precision', 'float32')}); whole run {wall / 60:.1f} min "
@@ -80,7 +83,7 @@ def main() -> None:
     )
     if args.zeroshot:
         body += "\n\n" + zeroshot_section(report_file.parent / "final", args.zeroshot)
-    write_section("default_recipe", body)
+    write_section(args.section, body)
     print(body)
 
 
