@@ -48,7 +48,7 @@ def test_the_command_exits_non_zero_when_the_plan_does_not_fit(capsys):
     "overrides, message",
     [
         (["model.dtype=bfloat"], "model.dtype must be one of"),  # counted as 4 bytes, and said "fits"
-        (["data.batch_size=-4"], "batch_size >= 1"),  # a negative total that "fits"
+        (["data.batch_size=-4"], "data.batch_size takes a whole number >= 1, got -4"),  # a negative total that "fits"
         (["recovery=lora", "recovery.module.lora.r=-64"], "lora needs r a positive integer"),
         (["recovery=distill", "recovery.module.distill.alpha=5"], "distill.alpha must be in"),
         (["callbacks.master_weights.dtype=fp32"], "master_weights.dtype must be one of"),  # was a KeyError
