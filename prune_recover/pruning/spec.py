@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from prune_recover.pruning.depth import get_depth_criterion
+from prune_recover.settings import check_whole_numbers
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,9 @@ class DepthSpec:
         if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
             raise ValueError(f"pruning.depth.num_blocks must be a non-negative integer, got {self.num_blocks}")
         criterion = get_depth_criterion(self.criterion)
-        if self.num_samples < 1 or self.seq_len < 2:
-            raise ValueError(
-                f"pruning.depth needs num_samples >= 1 and seq_len >= 2, got {self.num_samples} and {self.seq_len}"
-            )
+        check_whole_numbers(
+            {"pruning.depth.num_samples": (self.num_samples, 1), "pruning.depth.seq_len": (self.seq_len, 2)}
+        )
         for name in ("protect_first", "protect_last"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):

@@ -138,6 +138,7 @@ def write_file(path, content: bytes) -> str:
         (["data.calibration.num_samples=100000"], "num_samples / seq_len: asked for 100000 windows of 64 tokens but"),
         (["data.calibration.seq_len=100000000"], r"num_samples / seq_len: asked for 4 windows of 100000000 tokens"),
         (["pruning.depth.num_blocks=4"], "at least one must remain"),
+        (["pruning.depth.seq_len=abc"], "pruning.depth.seq_len takes a whole number >= 2, got 'abc'"),
         ([("empty.txt", b"")], r"the data files \['.*empty.txt'\] are empty"),
         ([("latin1.txt", b"caf\xe9 " * 50)], r"cannot read \['.*latin1.txt'\] as text: UnicodeDecodeError"),
         ([("short.txt", b"hello world " * 4)], "short.txt .* gives 0 blocks of 64 tokens"),
