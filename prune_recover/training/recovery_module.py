@@ -100,6 +100,15 @@ class RecoveryModule(L.LightningModule):
             model.enable_input_require_grads()
         return get_peft_model(model, self.lora.peft_config())
 
+    def on_train_start(self) -> None:
+        total = self.trainer.estimated_stepping_batches  # a max_epochs bound, known once the loader is (a stream: inf)
+        if self.method == "cpt_then_lora" and not self.lora_active and self.lora_from_step >= total:
+            raise ValueError(
+                f"training ends after {total} optimizer steps but recovery.module.lora_from_step="
+                f"{self.lora_from_step}: the LoRA stage of cpt_then_lora would never start. Raise max_epochs or "
+                "max_steps, or lower it"
+            )
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.method == "cpt_then_lora" and not self.lora_active and self.trainer.global_step >= self.lora_from_step:
             self._switch_to_lora()

@@ -110,6 +110,18 @@ def test_a_schedule_past_the_last_epoch_is_refused_before_the_first_step(wikitex
     assert any((out / "wandb").glob("offline-run-*")) and wandb.run is None
 
 
+def test_a_lora_stage_after_the_last_epoch_is_refused_before_the_first_step(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    epoch_of_3_steps = ["trainer.max_steps=-1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
+    lora_late = ["recovery=cpt_then_lora", "recovery.module.lora_from_step=5"]
+    with pytest.raises(
+        ValueError, match="training ends after 3 optimizer steps but recovery.module.lora_from_step=5: the LoRA stage"
+    ):
+        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + lora_late))  # was: trained all
+        # 3 steps, then failed check_complete
+    assert not (out / "checkpoints").exists() and not (out / "final").exists()
+
+
 def test_a_schedule_left_half_done_by_a_time_limit_fails_and_exports_nothing(wikitext_dir, tmp_path):
     out = tmp_path / "run"
     one_second = ["trainer.max_steps=2000", "+trainer.max_time=00:00:00:01"]  # far fewer steps than 2000 in 1 s
