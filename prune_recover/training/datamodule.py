@@ -223,9 +223,10 @@ class CausalLMDataModule(L.LightningDataModule):
     def calibration_batches(self) -> list[torch.Tensor]:
         """Calibration windows `[batch_size, seq_len]`: from `calibration.split`, else from the training mixture."""
         spec, bos = self.calibration, self.bos_id()
+        ids = self.token_ids(spec.split) if spec.split is not None else None  # a read error keeps its own message
         try:
-            if spec.split is not None:
-                samples = windows(self.token_ids(spec.split), spec.seq_len, spec.num_samples, spec.seed, bos)
+            if ids is not None:
+                samples = windows(ids, spec.seq_len, spec.num_samples, spec.seed, bos)
             elif self.streaming:
                 text = spec.num_samples * text_per_window(spec.seq_len, bos)
                 samples = windows(self.components[0].first_streamed_tokens(self.tokenizer, text), spec.seq_len, bos=bos)

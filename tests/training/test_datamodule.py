@@ -85,6 +85,25 @@ def test_bad_data_settings(wikitext_dir, kwargs, error, message):
         wikitext(wikitext_dir, **kwargs)
 
 
+def test_calibration_names_its_settings_only_for_too_little_text(wikitext_dir, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    files = {"train": str(wikitext_dir / "wiki.valid.raw"), "extra": str(tmp_path / "empty.txt")}
+    data = CausalLMDataModule(
+        byte_tokenizer(), files=files, val_split="train", val_fraction=0.1, calibration={"split": "extra"}
+    )
+    with pytest.raises(ValueError, match=r"^the data files \[.*empty.txt'\] are empty"):  # not num_samples / seq_len
+        data.calibration_batches()
+    data = CausalLMDataModule(
+        byte_tokenizer(),
+        files=files,
+        val_split="train",
+        val_fraction=0.1,
+        calibration={"split": "train", "seq_len": 10**9},
+    )
+    with pytest.raises(ValueError, match="^data.calibration.num_samples / seq_len: asked for 64 windows of 1000000000"):
+        data.calibration_batches()
+
+
 def test_no_source_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("PRUNE_RECOVER_WIKITEXT2", raising=False)
     with pytest.raises(ValueError, match="no data source"):
