@@ -9,7 +9,6 @@ rebuilds the pruned shapes from the checkpoint's config.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,12 +114,12 @@ class PruningCallback(L.Callback):
     def check_reachable(self, trainer: L.Trainer) -> None:
         """Refuse, before the first step, events that come after training ends: a run bounded by `max_epochs`
         (whose length only the loader gives, so `plan_events` could not check it) would train in full and then
-        fail `check_complete`. A stream's length is unknown (infinite here) and is not checked."""
+        fail `check_complete`. A stream's length is unknown (infinite here), so no event is late for it."""
         total = trainer.estimated_stepping_batches
-        late = [event.step for event in self.pending() if math.isfinite(total) and event.step >= total]
+        late = [event.step for event in self.pending() if event.step >= total]
         if late:
             raise ValueError(
-                f"training ends after {int(total)} optimizer steps (max_epochs={trainer.max_epochs}, "
+                f"training ends after {total} optimizer steps (max_epochs={trainer.max_epochs}, "
                 f"max_steps={trainer.max_steps}) but pruning events are scheduled at steps {late}: the model would "
                 "never be fully pruned. Raise max_epochs or max_steps, or end the schedule earlier"
             )
