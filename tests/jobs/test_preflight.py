@@ -99,27 +99,28 @@ def test_a_setting_the_resumed_run_did_not_record_is_not_compared(tmp_path):
         check_resume_settings(tmp_path, now)
 
 
-def test_a_schedule_past_the_last_epoch_is_refused_before_the_first_step(wikitext_dir, tmp_path):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["schedule=linear", "schedule.start_step=0", "schedule.end_step=6", "schedule.num_events=2"],
+            r"training ends after 3 optimizer steps .* scheduled at steps \[6\]",
+        ),
+        (
+            ["recovery=cpt_then_lora", "recovery.module.lora_from_step=5"],
+            "training ends after 3 optimizer steps but recovery.module.lora_from_step=5: the LoRA stage",
+        ),
+    ],
+)
+def test_a_pruning_event_or_lora_stage_after_the_last_epoch_is_refused_before_the_first_step(
+    wikitext_dir, tmp_path, overrides, message
+):
     out = tmp_path / "run"
     epoch_of_3_steps = ["trainer.max_steps=-1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
-    schedule = ["schedule=linear", "schedule.start_step=0", "schedule.end_step=6", "schedule.num_events=2"]
-    with pytest.raises(ValueError, match=r"training ends after 3 optimizer steps .* scheduled at steps \[6\]"):
-        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + schedule))  # trained all 3 steps,
-        # then failed, before the check
+    with pytest.raises(ValueError, match=message):  # was: trained all 3 steps, then failed check_complete
+        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + overrides))
     assert not (out / "checkpoints").exists() and not (out / "final").exists()  # not one step trained
     assert any((out / "wandb").glob("offline-run-*")) and wandb.run is None
-
-
-def test_a_lora_stage_after_the_last_epoch_is_refused_before_the_first_step(wikitext_dir, tmp_path):
-    out = tmp_path / "run"
-    epoch_of_3_steps = ["trainer.max_steps=-1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
-    lora_late = ["recovery=cpt_then_lora", "recovery.module.lora_from_step=5"]
-    with pytest.raises(
-        ValueError, match="training ends after 3 optimizer steps but recovery.module.lora_from_step=5: the LoRA stage"
-    ):
-        run(compose_config(tiny_overrides(wikitext_dir, out) + epoch_of_3_steps + lora_late))  # was: trained all
-        # 3 steps, then failed check_complete
-    assert not (out / "checkpoints").exists() and not (out / "final").exists()
 
 
 def test_a_schedule_left_half_done_by_a_time_limit_fails_and_exports_nothing(wikitext_dir, tmp_path):
