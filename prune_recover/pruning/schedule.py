@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from prune_recover.pruning.targets import round_to_multiple
+from prune_recover.settings import check_whole_numbers
 
 KINDS = ("oneshot", "linear", "cubic")
 
@@ -53,12 +54,13 @@ class PruningSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"schedule kind must be one of {KINDS}, got '{self.kind}'")
-        steps = {"start_step": self.start_step, "end_step": self.end_step, "num_events": self.num_events}
-        wrong = {name: value for name, value in steps.items() if isinstance(value, bool) or not isinstance(value, int)}
-        if wrong:
-            raise ValueError(f"schedule {', '.join(wrong)} must be whole numbers, got {wrong}")
-        if self.start_step < 0:
-            raise ValueError(f"schedule start_step must be >= 0, got {self.start_step}")
+        check_whole_numbers(
+            {
+                "schedule.start_step": (self.start_step, 0),
+                "schedule.end_step": (self.end_step, 0),
+                "schedule.num_events": (self.num_events, 1),
+            }
+        )
         if self.kind != "oneshot":
             if self.num_events < 2:
                 raise ValueError(f"a {self.kind} schedule needs num_events >= 2, got {self.num_events}")

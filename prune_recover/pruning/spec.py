@@ -31,16 +31,20 @@ class DepthSpec:
     seq_len: int = 128
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
-            raise ValueError(f"pruning.depth.num_blocks must be a non-negative integer, got {self.num_blocks}")
-        criterion = get_depth_criterion(self.criterion)
+        protected = {
+            f"pruning.depth.{name} (or null)": (getattr(self, name), 0)
+            for name in ("protect_first", "protect_last")
+            if getattr(self, name) is not None
+        }
         check_whole_numbers(
-            {"pruning.depth.num_samples": (self.num_samples, 1), "pruning.depth.seq_len": (self.seq_len, 2)}
+            {
+                "pruning.depth.num_blocks": (self.num_blocks, 0),
+                "pruning.depth.num_samples": (self.num_samples, 1),
+                "pruning.depth.seq_len": (self.seq_len, 2),
+                **protected,
+            }
         )
-        for name in ("protect_first", "protect_last"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"pruning.depth.{name} must be a non-negative integer or null, got {value}")
+        criterion = get_depth_criterion(self.criterion)
         if self.protect_first is None:
             object.__setattr__(self, "protect_first", criterion.protect_first)
         if self.protect_last is None:

@@ -164,7 +164,8 @@ def write_file(path, content: bytes) -> str:
         (["recovery.module.optimizer.lr=-1"], "recovery.module.optimizer cannot build an optimizer: Invalid learning"),
         (["recovery.module.optimizer._target_=torch.optim.AdamWW"], "recovery.module.optimizer cannot build"),
         (["schedule=linear", "schedule.end_step=30", "schedule.num_events=3"], "last pruning event is at step 30"),
-        (["schedule=linear", "schedule.num_events=2.5"], "num_events must be whole numbers, got {'num_events': 2.5}"),
+        (["schedule=linear", "schedule.num_events=2.5"], "schedule.num_events takes a whole number >= 1, got 2.5"),
+        (["pruning.depth.num_blocks=true"], "pruning.depth.num_blocks takes a whole number >= 0, got True"),  # was 1
         (["eval.seq_lens=[0]"], "eval.seq_lens takes a whole number >= 2, got 0"),
         (["eval.max_windows=0"], "eval.max_windows takes a whole number >= 1, got 0"),
         (["eval.tasks=[zeroshot]", "eval.task_batch_size=0"], "eval.task_batch_size takes a whole number >= 1, got 0"),

@@ -59,7 +59,9 @@ def test_depth_only_pruning():
         ({"importance": "random"}, "Unknown importance scorer 'random'"),
         ({"ratio": None}, "nothing to prune"),
         ({"calibration_mode": "streaming"}, "calibration_mode must be one of"),
-        ({"depth": {"num_blocks": -1}}, "num_blocks must be a non-negative integer"),
+        ({"depth": {"num_blocks": -1}}, "pruning.depth.num_blocks takes a whole number >= 0, got -1"),
+        ({"depth": {"num_blocks": True}}, "pruning.depth.num_blocks takes a whole number >= 0, got True"),  # was 1
+        ({"depth": {"num_blocks": 1, "protect_last": True}}, r"protect_last \(or null\) takes a whole number >= 0"),
         ({"depth": {"num_blocks": 1, "criterion": "magic"}}, "Unknown depth criterion 'magic'"),
         ({"refit_damp": -1.0}, "refit_damp must be a finite non-negative number"),
         ({"refit_damp": float("nan")}, "refit_damp must be a finite non-negative number, got nan"),

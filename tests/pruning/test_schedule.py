@@ -30,7 +30,9 @@ def test_linear_spacing_and_never_widening():
         ({"kind": "exponential"}, "kind must be one of"),
         ({"kind": "cubic", "num_events": 1}, "needs num_events >= 2"),
         ({"kind": "linear", "num_events": 5, "end_step": 3}, "end_step - start_step >= num_events - 1"),
-        ({"start_step": -1}, "start_step must be >= 0"),
+        ({"start_step": -1}, "schedule.start_step takes a whole number >= 0, got -1"),
+        ({"kind": "linear", "end_step": True}, "schedule.end_step takes a whole number >= 0, got True"),  # was 1
+        ({"num_events": 0}, "schedule.num_events takes a whole number >= 1, got 0"),
     ],
 )
 def test_bad_schedules(kwargs, message):
