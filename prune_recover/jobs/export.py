@@ -23,9 +23,24 @@ class HubPushError(RuntimeError):
 
 
 def check_push_target(repo_id: str | None) -> None:
-    """Refuse a `export.push_to_hub` that is not `ORG/NAME`, before any work starts."""
-    if repo_id is not None and not REPO_ID.match(str(repo_id)):
+    """Refuse, before any work starts, an `export.push_to_hub` that is not `ORG/NAME` or that cannot upload from
+    here: the Hub switched off (`HF_HUB_OFFLINE`) or no token. A network failure can only show at upload time."""
+    if repo_id is None:
+        return
+    if not REPO_ID.match(str(repo_id)):
         raise ValueError(f"export.push_to_hub must be a Hub repository id ORG/NAME or null, got '{repo_id}'")
+    from huggingface_hub import constants, get_token
+
+    fix = "set export.push_to_hub=null (the local export needs no Hub) and upload final/ later with `hf upload`"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            f"export.push_to_hub={repo_id} but the Hub is switched off (HF_HUB_OFFLINE=1): unset it or {fix}"
+        )
+    if get_token() is None:
+        raise ValueError(
+            f"export.push_to_hub={repo_id} but there is no Hugging Face token: set HF_TOKEN, run `hf auth login`, or "
+            f"{fix}"
+        )
 
 
 def export(

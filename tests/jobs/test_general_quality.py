@@ -65,6 +65,8 @@ def test_the_bundled_model_card_names_its_base_model_and_licence():
         (["+eval.texts.novel=/nonexistent/book.txt"], FileNotFoundError, "book.txt"),
         (["eval.tasks=[zeroshot]", "eval.zeroshot_dir=/nonexistent"], FileNotFoundError, "zero-shot suite needs"),
         (["export.push_to_hub=not a repo"], ValueError, "push_to_hub must be a Hub repository id ORG/NAME"),
+        # the tests run with HF_HUB_OFFLINE=1 (conftest); this was found only after training, at the upload
+        (["export.push_to_hub=my-org/pruned"], ValueError, r"the Hub is switched off \(HF_HUB_OFFLINE=1\)"),
     ],
 )
 def test_bad_evaluation_settings_are_refused_before_any_weights_load(
@@ -94,8 +96,25 @@ def test_an_empty_or_too_short_text_domain_is_refused_before_any_weights_load(
         run(compose_config(two_domain_overrides(wikitext_dir, tmp_path / "run") + [f"+eval.texts.short={short}"]))
 
 
-def test_push_to_hub_offline_fails_clearly_after_a_complete_local_export(wikitext_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def hub_online(monkeypatch, tmp_path, token: str | None) -> None:
+    """The Hub switched on with `token` (None: none at all), at an endpoint that refuses every connection."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("HF_TOKEN", token)
+
+
+def test_push_to_hub_without_a_token_is_refused_before_any_weights_load(wikitext_dir, tmp_path, monkeypatch):
+    hub_online(monkeypatch, tmp_path, token=None)
+    monkeypatch.setattr("train.load_model", lambda **_: pytest.fail("weights loaded before the push was refused"))
+    with pytest.raises(ValueError, match="push_to_hub=my-org/pruned but there is no Hugging Face token: set HF_TOKEN"):
+        run(compose_config(tiny_overrides(wikitext_dir, tmp_path / "run") + ["export.push_to_hub=my-org/pruned"]))
+
+
+def test_a_failed_upload_fails_clearly_after_a_complete_local_export(wikitext_dir, tmp_path, monkeypatch):
+    hub_online(monkeypatch, tmp_path, token="hf_not_a_real_token")
     out = tmp_path / "run"
     with pytest.raises(HubPushError, match=r"push_to_hub=my-org/pruned.*local export .*final is complete"):
         run(compose_config(tiny_overrides(wikitext_dir, out) + ["logger=csv", "export.push_to_hub=my-org/pruned"]))
