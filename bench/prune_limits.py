@@ -12,8 +12,13 @@ instructions, else float32):
 - each layer alone: only layer i pruned (activation + refit, 64 windows), to see where the damage is and
   whether it adds up (the sum over layers of log(ppl_i / ppl_unpruned) against log(ppl_all / ppl_unpruned)).
 
-Command (about 20 minutes on a 2-core CPU: 18 min measured):
+With `--budget` instead (its own section): the issue's 32,768 calibration tokens cut into windows of 512, 256 and
+1024 tokens (seed 0), and the refit's ridge (`pruning.refit_damp`) from 1e-6 to 1e-1 on the 512-token cut, all
+activation + refit.
+
+Commands (about 20 minutes on a 2-core CPU: 18 min measured; `--budget` 23 min measured):
     python bench/prune_limits.py
+    python bench/prune_limits.py --budget
 """
 
 from __future__ import annotations
@@ -48,26 +53,29 @@ DAMP = 1e-4
 # Calibration draws (windows of 512 tokens, seed): the issue's budget first (the per-layer rows use it), then 4x
 # the tokens, then two other draws of the issue's budget.
 DRAWS = ((64, 0), (256, 0), (64, 1), (64, 2))
+# `--budget`: the issue's 32,768 tokens as (windows, tokens per window), and ridges tried on the first cut.
+BUDGET_SHAPES = ((64, 512), (128, 256), (32, 1024))
+RIDGES = (1e-6, 1e-2, 1e-1)
 
 
-def main() -> None:
+def main(budget: bool = False) -> None:
     base, tokenizer = load_model("smollm2-135m")
     wikitext = "../shared/data/wikitext-2-raw"
     evaluator = protocol_evaluator(tokenizer, wikitext, PRECISION)
     width = WidthTarget(ratio=RATIO).width(ParamModel.from_config(base.config))
 
-    def calibration(windows: int, seed: int) -> list[torch.Tensor]:
-        spec = {"split": "valid", "num_samples": windows, "seq_len": 512, "batch_size": 4, "seed": seed}
+    def calibration(windows: int, seed: int, seq_len: int = 512) -> list[torch.Tensor]:
+        spec = {"split": "valid", "num_samples": windows, "seq_len": seq_len, "batch_size": 4, "seed": seed}
         return CausalLMDataModule(tokenizer, wikitext_dir=wikitext, calibration=spec).calibration_batches()
 
     def both_domains(model) -> tuple[float, float]:
         ppl = perplexity_by_domain(evaluator, model)
         return ppl["wikitext2"], ppl["code"]
 
-    def pruned(stats, scorer: str = "activation", layers=None):
+    def pruned(stats, scorer: str = "activation", layers=None, damp: float = DAMP):
         model = copy.deepcopy(base)
         if layers is None:
-            prune_width(model, width, SCORERS[scorer], stats, DAMP)
+            prune_width(model, width, SCORERS[scorer], stats, damp)
         else:  # only these layers: the model keeps mixed widths, fine for scoring
             for index in layers:
                 prune_layer(gated_mlps(model)[index], width, SCORERS[scorer], stats[index], DAMP)
@@ -75,6 +83,11 @@ def main() -> None:
 
     unpruned = both_domains(base)
     print("unpruned", unpruned, flush=True)
+    if budget:
+        write_section(
+            "prune_limits_budget", budget_markdown(unpruned, budget_rows(calibration, both_domains, pruned, base))
+        )
+        return
     rows = []
     stats, first = {}, {}
     for draw in DRAWS:
@@ -98,6 +111,24 @@ def main() -> None:
         per_layer.append(evaluator(pruned(stats[issue_budget], layers=[index]))[SEQ_LEN])
         print("layer", index, per_layer[-1], flush=True)
     write_section("prune_limits", markdown(unpruned, rows, per_layer, share))
+
+
+def budget_rows(calibration, both_domains, pruned, base) -> list[tuple[str, float, float]]:
+    """Activation + refit on each cut of the issue's 32,768 tokens, then at each ridge on the first cut."""
+    rows, first_cut = [], None
+    for windows, seq_len in BUDGET_SHAPES:
+        with forward_precision(PRECISION, base.device):
+            stats = collect_activation_stats(base, calibration(windows, 0, seq_len), gram=True)
+        first_cut = stats if first_cut is None else first_cut
+        rows.append((f"{windows} x {seq_len} calibration tokens, ridge {DAMP}", *both_domains(pruned(stats))))
+        print(rows[-1], flush=True)
+    windows, seq_len = BUDGET_SHAPES[0]
+    for ridge in RIDGES:
+        rows.append(
+            (f"{windows} x {seq_len} calibration tokens, ridge {ridge}", *both_domains(pruned(first_cut, damp=ridge)))
+        )
+        print(rows[-1], flush=True)
+    return rows
 
 
 @contextmanager
@@ -127,6 +158,27 @@ def first_position_left_out(stats: dict[int, NeuronStats], first: dict, windows:
         index: NeuronStats(sum_sq=layer.sum_sq - first[index], tokens=layer.tokens - windows, gram=layer.gram)
         for index, layer in stats.items()
     }
+
+
+def budget_markdown(unpruned_both: tuple, rows: list) -> str:
+    unpruned, unpruned_code = unpruned_both
+    return "\n".join(
+        [
+            "## Activation + refit at 40%: the same 32,768 calibration tokens cut three ways, and the refit's ridge",
+            "",
+            f"Command: `{COMMAND} --budget`. Measured on {machine()}; calibration and scoring in {PRECISION}.",
+            "",
+            "SmolLM2-135M, 40% of MLP neurons removed by activation norm with the least-squares refit, no recovery; "
+            "calibration windows drawn from `wiki.valid.raw` (seed 0); WikiText-2 test and held-out code perplexity "
+            "on the scorer table's protocol (16 x 1024 windows each). The ridge is relative to the mean diagonal of "
+            f"the kept neurons' Gram matrix (`pruning.refit_damp`, default {DAMP}). "
+            f"Unpruned: **{unpruned:.2f}** (code **{unpruned_code:.2f}**).",
+            "",
+            "| calibration, ridge | WikiText-2 perplexity | code perplexity |",
+            "| --- | --- | --- |",
+            *(f"| {label} | {ppl:.2f} | {code:.2f} |" for label, ppl, code in rows),
+        ]
+    )
 
 
 def markdown(unpruned_both: tuple, rows: list, per_layer: list[float], share: dict[int, float]) -> str:
@@ -164,4 +216,4 @@ def markdown(unpruned_both: tuple, rows: list, per_layer: list[float], share: di
 
 
 if __name__ == "__main__":
-    main()
+    main(budget="--budget" in sys.argv[1:])
