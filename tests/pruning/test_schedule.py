@@ -31,7 +31,8 @@ def test_linear_spacing_and_never_widening():
         ({"kind": "cubic", "num_events": 1}, "needs num_events >= 2"),
         ({"kind": "linear", "num_events": 5, "end_step": 3}, "end_step - start_step >= num_events - 1"),
         ({"start_step": -1}, "schedule.start_step takes a whole number >= 0, got -1"),
-        ({"kind": "linear", "end_step": True}, "schedule.end_step takes a whole number >= 0, got True"),  # was 1
+        ({"kind": "linear", "end_step": True}, "schedule.end_step takes a whole number >= 0, got True"),
+        ({"end_step": -1}, "schedule.end_step takes a whole number >= 0, got -1"),  # a oneshot took it
         ({"num_events": 0}, "schedule.num_events takes a whole number >= 1, got 0"),
     ],
 )
