@@ -16,13 +16,17 @@ With `--budget` instead (its own section): the issue's 32,768 calibration tokens
 1024 tokens (seed 0), and the refit's ridge (`pruning.refit_damp`) from 1e-6 to 1e-1 on the 512-token cut, all
 activation + refit.
 
+`--zero-shot ITEMS` also scores every whole-model row (not the one-layer rows) on the zero-shot suite, the first
+ITEMS items of each task, and adds its average as a column.
+
 Commands (about 20 minutes on a 2-core CPU: 18 min measured; `--budget` 23 min measured):
     python bench/prune_limits.py
-    python bench/prune_limits.py --budget
+    python bench/prune_limits.py --budget --zero-shot 100
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import sys
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.domains import SEQ_LEN, perplexity_by_domain, protocol_evaluator  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
 from prune_recover.arch import gated_mlps  # noqa: E402
+from prune_recover.evaluation.tasks import build_task_evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -58,19 +63,25 @@ BUDGET_SHAPES = ((64, 512), (128, 256), (32, 1024))
 RIDGES = (1e-6, 1e-2, 1e-1)
 
 
-def main(budget: bool = False) -> None:
+def main(budget: bool = False, zeroshot=None, items: int | None = None) -> None:
+    """`zeroshot`: a task evaluator for the suite's first `items` items per task (its tokenizer is set here), or
+    None for perplexity alone."""
+    command = COMMAND + (" --budget" if budget else "") + (f" --zero-shot {items}" if zeroshot is not None else "")
     base, tokenizer = load_model("smollm2-135m")
     wikitext = "../shared/data/wikitext-2-raw"
     evaluator = protocol_evaluator(tokenizer, wikitext, PRECISION)
+    if zeroshot is not None:
+        zeroshot.tokenizer = tokenizer
     width = WidthTarget(ratio=RATIO).width(ParamModel.from_config(base.config))
 
     def calibration(windows: int, seed: int, seq_len: int = 512) -> list[torch.Tensor]:
         spec = {"split": "valid", "num_samples": windows, "seq_len": seq_len, "batch_size": 4, "seed": seed}
         return CausalLMDataModule(tokenizer, wikitext_dir=wikitext, calibration=spec).calibration_batches()
 
-    def both_domains(model) -> tuple[float, float]:
+    def quality(model) -> tuple[float, float, float | None]:
+        """WikiText-2 and code perplexity, and the zero-shot suite's average when it is asked for."""
         ppl = perplexity_by_domain(evaluator, model)
-        return ppl["wikitext2"], ppl["code"]
+        return ppl["wikitext2"], ppl["code"], None if zeroshot is None else zeroshot(model)["average"]
 
     def pruned(stats, scorer: str = "activation", layers=None, damp: float = DAMP):
         model = copy.deepcopy(base)
@@ -81,12 +92,11 @@ def main(budget: bool = False) -> None:
                 prune_layer(gated_mlps(model)[index], width, SCORERS[scorer], stats[index], DAMP)
         return model
 
-    unpruned = both_domains(base)
+    unpruned = quality(base)
     print("unpruned", unpruned, flush=True)
     if budget:
-        write_section(
-            "prune_limits_budget", budget_markdown(unpruned, budget_rows(calibration, both_domains, pruned, base))
-        )
+        rows = budget_rows(calibration, quality, pruned, base)
+        write_section("prune_limits_budget", budget_markdown(command, items, unpruned, rows))
         return
     rows = []
     stats, first = {}, {}
@@ -98,34 +108,34 @@ def main(budget: bool = False) -> None:
         seconds = time.perf_counter() - start
         for scorer in ("activation", "obs"):
             label = f"{scorer} + refit, {windows} x 512 calibration tokens, seed {seed}"
-            rows.append((label, *both_domains(pruned(stats[draw], scorer))))
+            rows.append((label, *quality(pruned(stats[draw], scorer))))
             print(rows[-1], f"(statistics pass {seconds:.0f} s)", flush=True)
     issue_budget = DRAWS[0]
     without_first = first_position_left_out(stats[issue_budget], first[issue_budget], windows=64)
     label = "activation + refit, 64 x 512 calibration tokens, seed 0, first position left out of the selection"
-    rows.append((label, *both_domains(pruned(without_first))))
+    rows.append((label, *quality(pruned(without_first))))
     print(rows[-1], flush=True)
     share = {i: float(first[issue_budget][i].sum() / layer.sum_sq.sum()) for i, layer in stats[issue_budget].items()}
     per_layer = []
     for index in range(len(gated_mlps(base))):
         per_layer.append(evaluator(pruned(stats[issue_budget], layers=[index]))[SEQ_LEN])
         print("layer", index, per_layer[-1], flush=True)
-    write_section("prune_limits", markdown(unpruned, rows, per_layer, share))
+    write_section("prune_limits", markdown(command, items, unpruned, rows, per_layer, share))
 
 
-def budget_rows(calibration, both_domains, pruned, base) -> list[tuple[str, float, float]]:
+def budget_rows(calibration, quality, pruned, base) -> list[tuple]:
     """Activation + refit on each cut of the issue's 32,768 tokens, then at each ridge on the first cut."""
     rows, first_cut = [], None
     for windows, seq_len in BUDGET_SHAPES:
         with forward_precision(PRECISION, base.device):
             stats = collect_activation_stats(base, calibration(windows, 0, seq_len), gram=True)
         first_cut = stats if first_cut is None else first_cut
-        rows.append((f"{windows} x {seq_len} calibration tokens, ridge {DAMP}", *both_domains(pruned(stats))))
+        rows.append((f"{windows} x {seq_len} calibration tokens, ridge {DAMP}", *quality(pruned(stats))))
         print(rows[-1], flush=True)
     windows, seq_len = BUDGET_SHAPES[0]
     for ridge in RIDGES:
         rows.append(
-            (f"{windows} x {seq_len} calibration tokens, ridge {ridge}", *both_domains(pruned(first_cut, damp=ridge)))
+            (f"{windows} x {seq_len} calibration tokens, ridge {ridge}", *quality(pruned(first_cut, damp=ridge)))
         )
         print(rows[-1], flush=True)
     return rows
@@ -160,45 +170,67 @@ def first_position_left_out(stats: dict[int, NeuronStats], first: dict, windows:
     }
 
 
-def budget_markdown(unpruned_both: tuple, rows: list) -> str:
-    unpruned, unpruned_code = unpruned_both
+def unpruned_figures(unpruned_all: tuple) -> str:
+    """The unpruned model's figures, in the order of the table's columns."""
+    ppl, code, zeroshot = unpruned_all
+    zeroshot_text = "" if zeroshot is None else f", zero-shot **{zeroshot:.3f}**"
+    return f"Unpruned: **{ppl:.2f}** (code **{code:.2f}**{zeroshot_text})."
+
+
+def quality_table(setting: str, rows: list) -> list[str]:
+    """`| setting | WikiText-2 | code | (zero-shot average) |` for rows `(label, ppl, code, zero-shot or None)`."""
+    zeroshot = rows[0][3] is not None
+    header = f"| {setting} | WikiText-2 perplexity | code perplexity |" + (" zero-shot average |" if zeroshot else "")
+    lines = [header, "| --- | --- | --- |" + (" --- |" if zeroshot else "")]
+    for label, ppl, code, average in rows:
+        lines.append(f"| {label} | {ppl:.2f} | {code:.2f} |" + (f" {average:.3f} |" if zeroshot else ""))
+    return lines
+
+
+def zeroshot_note(items: int | None) -> str:
+    """What the zero-shot column is, when there is one."""
+    if items is None:
+        return ""
+    return (
+        " Zero-shot average: the headline metric of ARC-e, ARC-c, PIQA, WinoGrande, BoolQ, OpenBookQA and LAMBADA on "
+        f"the first {items} items of each task, as in the general-quality table."
+    )
+
+
+def budget_markdown(command: str, items: int | None, unpruned_all: tuple, rows: list) -> str:
     return "\n".join(
         [
             "## Activation + refit at 40%: the same 32,768 calibration tokens cut three ways, and the refit's ridge",
             "",
-            f"Command: `{COMMAND} --budget`. Measured on {machine()}; calibration and scoring in {PRECISION}.",
+            f"Command: `{command}`. Measured on {machine()}; calibration and scoring in {PRECISION}.",
             "",
             "SmolLM2-135M, 40% of MLP neurons removed by activation norm with the least-squares refit, no recovery; "
             "calibration windows drawn from `wiki.valid.raw` (seed 0); WikiText-2 test and held-out code perplexity "
             "on the scorer table's protocol (16 x 1024 windows each). The ridge is relative to the mean diagonal of "
-            f"the kept neurons' Gram matrix (`pruning.refit_damp`, default {DAMP}). "
-            f"Unpruned: **{unpruned:.2f}** (code **{unpruned_code:.2f}**).",
+            f"the kept neurons' Gram matrix (`pruning.refit_damp`, default {DAMP}).{zeroshot_note(items)} "
+            + unpruned_figures(unpruned_all),
             "",
-            "| calibration, ridge | WikiText-2 perplexity | code perplexity |",
-            "| --- | --- | --- |",
-            *(f"| {label} | {ppl:.2f} | {code:.2f} |" for label, ppl, code in rows),
+            *quality_table("calibration, ridge", rows),
         ]
     )
 
 
-def markdown(unpruned_both: tuple, rows: list, per_layer: list[float], share: dict[int, float]) -> str:
-    unpruned, unpruned_code = unpruned_both
+def markdown(command: str, items, unpruned_all: tuple, rows: list, per_layer: list[float], share: dict) -> str:
+    unpruned = unpruned_all[0]
     damage = [math.log(ppl / unpruned) for ppl in per_layer]
     whole = rows[0][1]
     lines = [
         "## What limits one-shot width pruning at 40% (SmolLM2-135M, no recovery)",
         "",
-        f"Command: `{COMMAND}`. Measured on {machine()}; calibration and scoring in {PRECISION} (the default "
+        f"Command: `{command}`. Measured on {machine()}; calibration and scoring in {PRECISION} (the default "
         "recipe's precision on this machine).",
         "",
         "WikiText-2 test perplexity and perplexity on held-out Python code (16 x 1024 windows each, the protocol "
         "of the scorer table); calibration windows of 512 tokens drawn from `wiki.valid.raw` with the seed named "
         "(the scorer table's draw is seed 0); 40% of MLP "
-        f"neurons removed, refit ridge {DAMP}. Unpruned: **{unpruned:.2f}** (code **{unpruned_code:.2f}**).",
+        f"neurons removed, refit ridge {DAMP}.{zeroshot_note(items)} {unpruned_figures(unpruned_all)}",
         "",
-        "| setting | WikiText-2 perplexity | code perplexity |",
-        "| --- | --- | --- |",
-        *(f"| {label} | {ppl:.2f} | {code:.2f} |" for label, ppl, code in rows),
+        *quality_table("setting", rows),
         "",
         "Only one layer pruned (activation + refit, 64 x 512 calibration tokens, seed 0), and the share of that "
         "layer's down_proj input energy (sum of squares) at the first position of the calibration windows:",
@@ -215,5 +247,22 @@ def markdown(unpruned_both: tuple, rows: list, per_layer: list[float], share: di
     return "\n".join(lines)
 
 
+def parse_args(argv: list[str] | None = None) -> tuple[bool, object, int | None]:
+    """`(--budget, the zero-shot task evaluator or None, its items per task)`; a bad item count or a missing suite
+    stops here, before the model loads."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", action="store_true", help="the calibration cuts and ridges, in their own section")
+    parser.add_argument("--zero-shot", type=int, metavar="ITEMS", help="also the zero-shot suite, ITEMS per task")
+    parser.add_argument("--zeroshot-dir", default="../shared/data/zero-shot")
+    args = parser.parse_args(argv)
+    if args.zero_shot is None:
+        return args.budget, None, None
+    try:
+        zeroshot = build_task_evaluator(None, ["zeroshot"], args.zeroshot_dir, limit=args.zero_shot)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--zero-shot / --zeroshot-dir: {error}") from error
+    return args.budget, zeroshot, args.zero_shot
+
+
 if __name__ == "__main__":
-    main(budget="--budget" in sys.argv[1:])
+    main(*parse_args())
