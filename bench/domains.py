@@ -3,10 +3,13 @@ the first 16 windows of 1024 tokens of each."""
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from prune_recover.data.sources import text_file_ids
 from prune_recover.evaluation.evaluator import Evaluator
+from prune_recover.evaluation.tasks import TaskEvaluator, build_task_evaluator
 from prune_recover.jobs.configs import compose_train_config
 from prune_recover.training.datamodule import CausalLMDataModule
 
@@ -35,3 +38,25 @@ def protocol_evaluator(tokenizer, wikitext_dir: str, precision: str = "float32")
 def perplexity_by_domain(evaluator: Evaluator, model) -> dict[str, float]:
     """`{"wikitext2": ppl, "code": ppl}` of `model` on the protocol's window length."""
     return {domain: by_length[SEQ_LEN] for domain, by_length in evaluator.perplexities(model).items()}
+
+
+def add_zeroshot_flags(parser: argparse.ArgumentParser, items: int | None = None) -> None:
+    """`--zero-shot ITEMS` (default `items`; None: not scored) and `--zeroshot-dir`, as the one-shot benches take."""
+    help_text = "also the zero-shot suite, ITEMS per task"
+    parser.add_argument("--zero-shot", type=int, default=items, metavar="ITEMS", help=help_text)
+    parser.add_argument("--zeroshot-dir", default="../shared/data/zero-shot")
+
+
+def zeroshot_evaluator(args: argparse.Namespace) -> TaskEvaluator | None:
+    """The suite's evaluator for the parsed `add_zeroshot_flags` (its tokenizer set later), or None when not asked for.
+
+    Called before the model loads: a bad item count or a missing suite file stops the run here.
+    """
+    if args.zero_shot is None:
+        return None
+    if args.zero_shot < 1:
+        raise SystemExit(f"--zero-shot: a positive number of items per task, got {args.zero_shot}")
+    try:
+        return build_task_evaluator(None, ["zeroshot"], args.zeroshot_dir, limit=args.zero_shot)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--zeroshot-dir: {error}") from error

@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.domains import perplexity_by_domain, protocol_evaluator  # noqa: E402
+from bench.domains import add_zeroshot_flags, perplexity_by_domain, protocol_evaluator, zeroshot_evaluator  # noqa: E402
 from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 from prune_recover.arch import decoder_blocks, gated_mlps  # noqa: E402
-from prune_recover.evaluation.tasks import ZEROSHOT_TASKS, build_task_evaluator  # noqa: E402
+from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.gram import add_gram  # noqa: E402
 from prune_recover.pruning.importance import select_neurons  # noqa: E402
@@ -51,24 +51,23 @@ CHUNK = 4096  # tokens per no-grad pass
 BATCH = 1024  # tokens per Adam step
 
 
-def mlp_inputs(runner: LayerwiseRunner, index: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Block `index` on the runner's cached inputs: (its MLP inputs, the residual before its MLP, its outputs)."""
+def mlp_inputs(runner: LayerwiseRunner, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block `index` on the runner's cached inputs: (its MLP inputs, the residual stream before its MLP), by token."""
     block, seen = decoder_blocks(runner.model)[index], {}
     handles = [
         block.mlp.register_forward_pre_hook(lambda module, args: seen.update(x=args[0])),
         block.mlp.register_forward_hook(lambda module, args, output: seen.update(y=output)),
     ]
-    inputs, residuals, outputs = [], [], []
+    inputs, residuals = [], []
     try:
         for number, hidden in enumerate(runner.hidden):
             output = runner.run_batch(index, number, hidden)
             inputs.append(seen["x"].reshape(-1, seen["x"].shape[-1]))
             residuals.append((output - seen["y"]).reshape(-1, output.shape[-1]))
-            outputs.append(output)
     finally:
         for handle in handles:
             handle.remove()
-    return torch.cat(inputs), torch.cat(residuals), outputs
+    return torch.cat(inputs), torch.cat(residuals)
 
 
 def in_chunks(function, x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +126,8 @@ def prune_and_reconstruct(
     unpruned, pruned = LayerwiseRunner(base, batches), LayerwiseRunner(model, batches)
     errors = []
     for index, mlp in enumerate(gated_mlps(model)):
-        x, residual, _ = mlp_inputs(pruned, index)
-        _, _, unpruned_outputs = mlp_inputs(unpruned, index)
+        x, residual = mlp_inputs(pruned, index)
+        unpruned_outputs = unpruned.run_block(index)
         with torch.no_grad():
             if target_kind == "local":
                 target = in_chunks(mlp.module, x)
@@ -151,18 +150,14 @@ def main() -> None:
     parser.add_argument("--target", choices=("local", "carried"), default="carried")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--zero-shot", type=int, default=100, metavar="ITEMS", help="items per zero-shot task")
-    parser.add_argument("--zeroshot-dir", default="../shared/data/zero-shot")
+    add_zeroshot_flags(parser, items=100)
     args = parser.parse_args()
     if args.epochs < 0 or args.lr <= 0 or not 0 < args.ratio < 1:
         raise SystemExit(
             f"--epochs takes a whole number >= 0, --lr a positive rate and --ratio a share in (0, 1), "
             f"got {args.epochs}, {args.lr}, {args.ratio}"
         )
-    try:
-        zeroshot = build_task_evaluator(None, ["zeroshot"], args.zeroshot_dir, limit=args.zero_shot)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"--zero-shot / --zeroshot-dir: {error}") from error
+    zeroshot = zeroshot_evaluator(args)  # before the model loads; --zero-shot defaults to 100 items
     command = "python bench/layer_reconstruction.py " + " ".join(sys.argv[1:])
 
     base, tokenizer = load_model("smollm2-135m")

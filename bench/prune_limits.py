@@ -38,10 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.domains import SEQ_LEN, perplexity_by_domain, protocol_evaluator  # noqa: E402
+from bench.domains import SEQ_LEN, add_zeroshot_flags, perplexity_by_domain, protocol_evaluator, zeroshot_evaluator  # noqa: E402
 from bench.markdown import machine, write_section  # noqa: E402
 from prune_recover.arch import gated_mlps  # noqa: E402
-from prune_recover.evaluation.tasks import build_task_evaluator  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -252,16 +251,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[bool, object, int | None]
     stops here, before the model loads."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", action="store_true", help="the calibration cuts and ridges, in their own section")
-    parser.add_argument("--zero-shot", type=int, metavar="ITEMS", help="also the zero-shot suite, ITEMS per task")
-    parser.add_argument("--zeroshot-dir", default="../shared/data/zero-shot")
+    add_zeroshot_flags(parser)
     args = parser.parse_args(argv)
-    if args.zero_shot is None:
-        return args.budget, None, None
-    try:
-        zeroshot = build_task_evaluator(None, ["zeroshot"], args.zeroshot_dir, limit=args.zero_shot)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"--zero-shot / --zeroshot-dir: {error}") from error
-    return args.budget, zeroshot, args.zero_shot
+    return args.budget, zeroshot_evaluator(args), args.zero_shot
 
 
 if __name__ == "__main__":

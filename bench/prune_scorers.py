@@ -37,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.domains import perplexity_by_domain, protocol_evaluator  # noqa: E402
+from bench.domains import add_zeroshot_flags, perplexity_by_domain, protocol_evaluator, zeroshot_evaluator  # noqa: E402
 from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 from bench.peer import optipfair_installed, optipfair_prune  # noqa: E402
-from prune_recover.evaluation.tasks import ZEROSHOT_TASKS, build_task_evaluator  # noqa: E402
+from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
@@ -81,10 +81,7 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="with --only: these ratios")
     parser.add_argument("--section", default=ONLY_SECTION, help="with --only: the docs/BENCHMARKS.md section")
     parser.add_argument("--seed", type=int, default=0, help="with --only: the calibration draw's seed")
-    parser.add_argument(
-        "--zero-shot", type=int, default=None, metavar="ITEMS", help="also the zero-shot suite, ITEMS per task"
-    )
-    parser.add_argument("--zeroshot-dir", default="../shared/data/zero-shot")
+    add_zeroshot_flags(parser)
     args = parser.parse_args()
     unknown = [name for name in args.only or [] if name not in method_names()]
     if unknown:
@@ -93,15 +90,7 @@ def main() -> None:
         raise SystemExit(
             f"--ratios, --section and --seed need --only (the full table has the ratios {list(RATIOS)}, seed 0)"
         )
-    # Before the model loads: a missing suite file or a bad item count stops the run here.
-    zeroshot = None
-    if args.zero_shot is not None:
-        if args.zero_shot < 1:
-            raise SystemExit(f"--zero-shot: a positive number of items per task, got {args.zero_shot}")
-        try:
-            zeroshot = build_task_evaluator(None, ["zeroshot"], args.zeroshot_dir, limit=args.zero_shot)
-        except FileNotFoundError as error:
-            raise SystemExit(f"--zeroshot-dir: {error}") from error
+    zeroshot = zeroshot_evaluator(args)  # before the model loads
     results_file = RESULTS if args.only is None else RESULTS.with_name("prune_scorers_only.json")
     fresh = args.fresh or args.only is not None or not results_file.exists()
     results = {} if fresh else json.loads(results_file.read_text())
