@@ -77,6 +77,19 @@ def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext
     assert reloaded_ppl[64] == pytest.approx(saved["final"]["ppl"], rel=1e-5)
 
 
+def test_a_prune_only_job_with_per_layer_reconstruction_reports_the_fit(wikitext_dir, tmp_path):
+    out = tmp_path / "run"
+    fit = ["pruning.reconstruct.epochs=2", "pruning.reconstruct.lr=3e-4", "pruning.reconstruct.batch_tokens=32"]
+    overrides = ["recovery=none", "pruning.calibration_mode=sequential", *fit]
+    run(compose_config(tiny_overrides(wikitext_dir, out) + overrides))
+
+    event = json.loads((out / "pruning_report.json").read_text())["events"][0]
+    assert event["calibration_mode"] == "sequential" and event["reconstruct_epochs"] == 2
+    before, after = event["reconstruct_error"]
+    assert after < before
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.intermediate_size == 77
+
+
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
@@ -88,6 +101,8 @@ def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext
         (["data.wikitext_dir=/nonexistent"], FileNotFoundError, "WikiText-2 train file not found"),
         (["pruning.depth.num_blocks=9"], ValueError, r"cannot remove 9 of 4 blocks \(pruning.depth.num_blocks\)"),
         (["recovery.method=magic"], ValueError, "recovery.method must be one of"),
+        (["pruning.reconstruct.epochs=2"], ValueError, "reconstruct .* got calibration_mode=oneshot"),
+        (["pruning.reconstruct.target=global"], ValueError, "reconstruct.target must be one of"),
     ],
 )
 def test_bad_input_fails_before_any_output_is_written(wikitext_dir, tmp_path, overrides, error, message):

@@ -8,8 +8,9 @@ Before the model loads (`check_run`, which writes nothing):
   resume, and the settings recorded by the run that wrote the checkpoint (`run_settings.json`: model, pruning,
   schedule, recovery method, data block size and BOS) must match, every difference named;
 - combinations that cannot work: `importance=taylor` with `stats_source=training` (training statistics hold
-  no gradients), `calibration_mode=sequential` / `carried` with `stats_source=training` (those modes gather
-  statistics on the already-pruned layers), a `cpt_then_lora` LoRA stage that starts after the last step;
+  no gradients), `calibration_mode=sequential` / `carried` or `pruning.reconstruct` with `stats_source=training`
+  (those run each layer on the calibration batches through the already-pruned layers), a `cpt_then_lora` LoRA
+  stage that starts after the last step;
 - `check_recovery`: the recovery module's settings, LoRA targets and optimizers, from the model's config alone.
 Then `claim_output`, once every check has passed: an earlier run moves aside into `replaced-<time>/` (never
 deleted) and the settings are recorded.
@@ -30,6 +31,8 @@ from transformers import AutoModelForCausalLM
 
 from prune_recover.files import move_aside, write_json_atomic
 from prune_recover.jobs.configs import build
+from prune_recover.pruning.reconstruct import ReconstructSpec
+from prune_recover.pruning.spec import as_spec, refuse_prior_stats
 from prune_recover.settings import check_whole_numbers
 from prune_recover.training.atomic_checkpoint import check_complete_checkpoint, remove_partial_writes
 from prune_recover.training.recovery_settings import method_settings
@@ -94,12 +97,9 @@ def check_combinations(cfg: DictConfig) -> None:
             "records activations only. Use stats_source=calibration, or an activation-based importance"
         )
     mode = pruning.get("calibration_mode", "oneshot") if pruning is not None else "oneshot"
-    if mode in ("sequential", "carried") and stats_source == "training":
-        raise ValueError(
-            f"pruning.calibration_mode={mode} gathers each layer's statistics on the already-pruned layers below it; "
-            "callbacks.pruning.stats_source=training records them beforehand. Use stats_source=calibration, or "
-            "calibration_mode=oneshot / layerwise"
-        )
+    reconstruct = as_spec(ReconstructSpec, pruning.get("reconstruct") if pruning is not None else None)
+    if stats_source == "training":
+        refuse_prior_stats(mode, reconstruct)
     module, max_steps = cfg.recovery.get("module") or {}, cfg.trainer.get("max_steps", -1)
     if cfg.recovery.method == "cpt_then_lora" and max_steps is not None and max_steps > 0:
         if module.get("lora_from_step") is not None and module.lora_from_step >= max_steps:

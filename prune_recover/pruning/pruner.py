@@ -8,7 +8,6 @@ prune-only command both call `prune`; neither knows how scoring or surgery work.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -26,14 +25,14 @@ from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, remo
 from prune_recover.pruning.gradients import collect_taylor_stats
 from prune_recover.pruning.importance import OBS_ROUND, get_scorer
 from prune_recover.pruning.obs import obs_select
-from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan
+from prune_recover.pruning.reconstruct import ReconstructSpec
+from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan, as_spec, check_calibration, refuse_prior_stats
 from prune_recover.pruning.surgery import check_prunable_mlp, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
 
 log = get_logger(__name__)
 
-CALIBRATION_MODES = ("oneshot", "layerwise", "sequential", "carried")
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -56,6 +55,8 @@ class Pruner:
             the layers below is carried forward and made up for; needs `refit`).
         depth: Depth settings (`DepthSpec` fields).
         obs_round: Neurons `importance=obs` removes per round (1 = greedy, re-ranked after every removal).
+        reconstruct: Per-layer reconstruction after pruning (`ReconstructSpec` fields; needs a layer-wise
+            calibration_mode).
         Leave all of ratio, expansion_ratio and target_params null for depth-only pruning.
     """
 
@@ -71,6 +72,7 @@ class Pruner:
         calibration_mode: str = "oneshot",
         depth: DepthSpec | Mapping | None = None,
         obs_round: int = OBS_ROUND,
+        reconstruct: ReconstructSpec | Mapping | None = None,
     ):
         if not isinstance(refit, bool):
             raise ValueError(f"pruning.refit must be true or false, got {refit!r}")
@@ -85,26 +87,18 @@ class Pruner:
             self.scorer = replace(self.scorer, select=partial(obs_select, round_size=obs_round))
         widths_given = any(value is not None for value in (ratio, expansion_ratio, target_params))
         self.target = WidthTarget(ratio, expansion_ratio, target_params, round_to) if widths_given else None
-        self.depth = depth if isinstance(depth, DepthSpec) else DepthSpec(**(depth or {}))
+        self.depth = as_spec(DepthSpec, depth)
         if self.target is None and self.depth.num_blocks == 0:
             raise ValueError("nothing to prune: set pruning.ratio, expansion_ratio, target_params or depth.num_blocks")
-        if calibration_mode not in CALIBRATION_MODES:
-            raise ValueError(f"pruning.calibration_mode must be one of {CALIBRATION_MODES}, got '{calibration_mode}'")
-        if calibration_mode == "carried" and not (refit and self.target is not None):
-            raise ValueError(
-                "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
-                "it needs width pruning with pruning.refit=true"
-            )
-        number = isinstance(refit_damp, (int, float)) and not isinstance(refit_damp, bool)
-        if not (number and math.isfinite(refit_damp) and refit_damp >= 0):
-            raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp!r}")
+        self.reconstruct = as_spec(ReconstructSpec, reconstruct)
+        check_calibration(calibration_mode, refit, refit_damp, self.target is not None, self.reconstruct)
         self.refit = refit and self.target is not None
         self.refit_damp, self.calibration_mode = refit_damp, calibration_mode
 
     @property
     def needs_calibration(self) -> bool:
         """Whether `prune` needs calibration batches (data-driven scorer, refit, or a data-driven depth criterion)."""
-        width_data = self.target is not None and (self.scorer.data_driven or self.refit)
+        width_data = self.target is not None and (self.scorer.data_driven or self.refit or self.reconstruct.enabled)
         return width_data or self.depth.num_blocks > 0
 
     def plan(self, config: PretrainedConfig) -> PrunePlan:
@@ -167,9 +161,9 @@ class Pruner:
         if stats is not None and removed:
             survivors = [index for index in sorted(stats) if index not in set(removed)]
             stats = {new: stats[old] for new, old in enumerate(survivors)}
-        kept = {}
+        kept, errors = {}, {}
         if width is not None and width < gated_mlps(model)[0].intermediate_size:
-            kept = self._prune_width(model, calibration, width, stats, optimizers, reduce)
+            kept = self._prune_width(model, calibration, width, stats, optimizers, reduce, errors)
         event = PruneEvent(
             importance=self.scorer.name,
             intermediate_size=config.intermediate_size,
@@ -178,10 +172,12 @@ class Pruner:
             removed_blocks=removed,
             depth_criterion=self.depth.criterion if removed else None,
             refit=self.refit,
+            reconstruct_epochs=self.reconstruct.epochs if kept else 0,
             calibration_mode=self.calibration_mode if self.needs_calibration else None,
             calibration_tokens=sum(batch.numel() for batch in calibration) if self.needs_calibration else 0,
             seconds=time.perf_counter() - start,
             kept=kept,
+            reconstructed=errors,
         )
         log.info("Pruned: %s", event.to_dict())
         return event
@@ -195,11 +191,8 @@ class Pruner:
             raise ValueError(f"width must be between 1 and the current MLP width {current}, got {width}")
         if self.needs_calibration and not calibration and (stats is None or num_blocks):
             raise ValueError("this pruning configuration needs calibration batches, none were given")
-        if stats is not None and self.calibration_mode in ("sequential", "carried"):
-            raise ValueError(
-                f"calibration_mode={self.calibration_mode} gathers each layer's statistics on the already-pruned "
-                "layers below it; statistics gathered beforehand (stats_source=training) serve oneshot or layerwise"
-            )
+        if stats is not None:
+            refuse_prior_stats(self.calibration_mode, self.reconstruct)
         if width is not None and width < current:  # the widths change
             if self.scorer.needs == "gradients" and not calibration:
                 raise ValueError(f"importance={self.scorer.name} needs gradients on calibration batches, none given")
@@ -219,10 +212,10 @@ class Pruner:
         return remove_blocks(model, blocks, optimizers)
 
     def _prune_width(
-        self, model: nn.Module, calibration, width: int, stats, optimizers: list, reduce: Reduce
+        self, model: nn.Module, calibration, width: int, stats, optimizers: list, reduce: Reduce, errors: dict
     ) -> dict[int, torch.Tensor]:
         damp = self.refit_damp if self.refit else None
-        if not (self.scorer.data_driven or self.refit):
+        if not (self.scorer.data_driven or self.refit or self.reconstruct.enabled):
             return prune_width(model, width, self.scorer, None, None, optimizers)
         taylor = None
         if self.scorer.needs == "gradients":
@@ -245,4 +238,7 @@ class Pruner:
             taylor,
             optimizers,
             lambda s: reduce_stats(s, reduce),
+            self.reconstruct,
+            reduce,
+            errors,
         )

@@ -3,9 +3,11 @@ of one event (an entry of `pruning_report.json` "events")."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from prune_recover.pruning.depth import get_depth_criterion
+from prune_recover.pruning.reconstruct import ReconstructSpec
 from prune_recover.settings import check_whole_numbers
 
 
@@ -51,6 +53,45 @@ class DepthSpec:
             object.__setattr__(self, "protect_last", criterion.protect_last)
 
 
+def as_spec(spec_class: type, value):
+    """`value` if it is already a `spec_class`, else a `spec_class` built from its mapping (None: the defaults)."""
+    return value if isinstance(value, spec_class) else spec_class(**(value or {}))
+
+
+CALIBRATION_MODES = ("oneshot", "layerwise", "sequential", "carried")
+
+
+def refuse_prior_stats(mode: str, reconstruct: ReconstructSpec) -> None:
+    """Refuse statistics gathered beforehand (`callbacks.pruning.stats_source=training`) where width pruning must
+    run the calibration batches through the model itself, layer by layer."""
+    if mode in ("sequential", "carried") or reconstruct.enabled:
+        setting = "pruning.reconstruct" if reconstruct.enabled else f"pruning.calibration_mode={mode}"
+        raise ValueError(
+            f"{setting} runs each layer on the calibration batches as the already-pruned layers below it leave them; "
+            "callbacks.pruning.stats_source=training records statistics beforehand. Use stats_source=calibration, or "
+            "calibration_mode oneshot / layerwise without pruning.reconstruct"
+        )
+
+
+def check_calibration(mode: str, refit: bool, refit_damp, prunes_width: bool, reconstruct: ReconstructSpec) -> None:
+    """Refuse calibration settings that cannot work together, before any model loads."""
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"pruning.calibration_mode must be one of {CALIBRATION_MODES}, got '{mode}'")
+    if mode == "carried" and not (refit and prunes_width):
+        raise ValueError(
+            "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
+            "it needs width pruning with pruning.refit=true"
+        )
+    number = isinstance(refit_damp, (int, float)) and not isinstance(refit_damp, bool)
+    if not (number and math.isfinite(refit_damp) and refit_damp >= 0):
+        raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp!r}")
+    if reconstruct.enabled and (mode == "oneshot" or not prunes_width):
+        raise ValueError(
+            "pruning.reconstruct fits each width-pruned layer on its own calibration inputs, one layer at a time: it "
+            f"needs width pruning and calibration_mode layerwise, sequential or carried, got calibration_mode={mode}"
+        )
+
+
 @dataclass(frozen=True)
 class PrunePlan:
     """The final shape a pruning config asks for on a given model."""
@@ -71,10 +112,18 @@ class PruneEvent:
     removed_blocks: list[int] = field(default_factory=list)
     depth_criterion: str | None = None
     refit: bool = False
+    reconstruct_epochs: int = 0
     calibration_mode: str | None = None
     calibration_tokens: int = 0
     seconds: float = 0.0
+    reconstruct_error: list[float] | None = None  # mean over layers of the relative error before / after the fit
     kept: dict = field(default_factory=dict, repr=False)  # layer -> kept neuron indices; not serialized
+    reconstructed: dict = field(default_factory=dict, repr=False)  # layer -> (error before, after); not serialized
+
+    def __post_init__(self) -> None:
+        if self.reconstructed and self.reconstruct_error is None:
+            pairs = list(self.reconstructed.values())
+            self.reconstruct_error = [sum(pair[i] for pair in pairs) / len(pairs) for i in (0, 1)]
 
     def to_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key != "kept"}
+        return {key: value for key, value in asdict(self).items() if key not in ("kept", "reconstructed")}

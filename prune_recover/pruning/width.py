@@ -7,7 +7,8 @@ Two drivers share the per-layer step:
   layer's Gram matrix at a time; `propagate="pruned"` feeds each layer the outputs of the
   already-pruned prefix (sequential calibration), `"original"` the outputs of the unpruned one, and
   `"carried"` the pruned prefix's outputs with the unpruned model's layer output as the refit's target
-  (error carrying: each layer makes up for what the layers below lost).
+  (error carrying: each layer makes up for what the layers below lost). With `reconstruct` each pruned layer's
+  weights are then fitted by gradient descent to its output target (`reconstruct.py`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from torch import nn
 
 from prune_recover.arch import GatedMLP, gated_mlps
 from prune_recover.lm import eval_mode
+from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.pruning.reconstruct import ReconstructSpec, mlp_io, reconstruct_mlp
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
 
 PROPAGATIONS = ("original", "pruned", "carried")
+log = get_logger(__name__)
 
 
 def prune_layer(
@@ -87,6 +91,9 @@ def prune_width_layerwise(
     taylor: Mapping[int, torch.Tensor] | None = None,
     optimizers: Iterable[torch.optim.Optimizer] = (),
     reduce: Callable[[NeuronStats], NeuronStats] | None = None,
+    reconstruct: ReconstructSpec | None = None,
+    reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    errors: dict[int, tuple[float, float]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Prune layer by layer, gathering each layer's statistics right before pruning it.
 
@@ -97,21 +104,30 @@ def prune_width_layerwise(
             (so that it makes up for the error of the layers below; needs `refit_damp`).
         taylor: Per-layer gradient saliencies for the `taylor` scorer (a backward pass needs the whole model).
         reduce: Applied to each layer's statistics before use (an all-reduce under DDP).
+        reconstruct: When enabled, each pruned layer's weights are then fitted to its target (`reconstruct.py`).
+        reduce_tensor: Applied to the reconstructed weights (an all-reduce mean under DDP).
+        errors: Filled, when reconstructing, with each layer's relative output error before and after its fit.
     """
     if propagate not in PROPAGATIONS:
         raise ValueError(f"propagate must be one of {PROPAGATIONS}, got '{propagate}'")
     if propagate == "carried" and refit_damp is None:
         raise ValueError("carried calibration refits each layer to the unpruned model's output: it needs a refit")
     optimizers = list(optimizers)
+    reconstruct = reconstruct if reconstruct is not None and reconstruct.enabled else None
+    carry = propagate == "pruned" and reconstruct is not None and reconstruct.target == "carried"
     kept = {}
     with eval_mode(model):
         runner = LayerwiseRunner(model, batches)
         unpruned_hidden = runner.hidden
         for index, mlp in enumerate(gated_mlps(model)):
+            if reconstruct is not None:
+                x, local, residual = mlp_io(runner, index)
             if propagate == "carried":
                 layer_stats, unpruned_hidden = carried_stats(runner, index, mlp, unpruned_hidden)
                 outputs = None
             else:
+                if carry:  # the unpruned model's outputs of this block, before it is pruned
+                    unpruned_hidden = runner.run_block(index, unpruned_hidden)
                 with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
                     outputs = runner.run_block(index)
                 layer_stats = recorder.stats[index]
@@ -119,9 +135,22 @@ def prune_width_layerwise(
             if taylor is not None:
                 layer_stats.taylor = taylor[index]
             kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
+            if reconstruct is not None:
+                target = local if reconstruct.target == "local" or propagate == "original" else flat(unpruned_hidden)
+                if target is not local:
+                    target = target - residual
+                fit = reconstruct_mlp(mlp, x, target, reconstruct, seed=index, reduce=reduce_tensor)
+                log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, *fit)
+                if errors is not None:
+                    errors[index] = fit
             runner.advance(outputs if propagate == "original" else runner.run_block(index))
     sync_intermediate_size(model)
     return kept
+
+
+def flat(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Block outputs of every calibration batch as one `[tokens, hidden]` float32 tensor."""
+    return torch.cat([output.reshape(-1, output.shape[-1]).float() for output in outputs])
 
 
 def carried_stats(

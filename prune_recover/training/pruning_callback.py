@@ -21,6 +21,7 @@ from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder
 from prune_recover.pruning.pruner import Pruner
 from prune_recover.pruning.schedule import PruningSchedule, ScheduledEvent
+from prune_recover.pruning.spec import refuse_prior_stats
 from prune_recover.training.distributed import FSDP_PRUNING_HELP, all_reduce_mean, is_fsdp, rewrap_ddp
 from prune_recover.training.loggers import set_wandb_summary
 
@@ -51,6 +52,8 @@ class PruningCallback(L.Callback):
     ):
         if stats_source not in STATS_SOURCES:
             raise ValueError(f"pruning stats_source must be one of {STATS_SOURCES}, got '{stats_source}'")
+        if stats_source == "training" and pruner is not None:
+            refuse_prior_stats(pruner.calibration_mode, pruner.reconstruct)
         self.pruner = pruner
         self.schedule = schedule if isinstance(schedule, PruningSchedule) else PruningSchedule(**(schedule or {}))
         self.stats_source = stats_source

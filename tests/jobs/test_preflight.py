@@ -21,7 +21,15 @@ PRUNE_ONLY = ["recovery=none"]
         (["pruning.importance=taylor", "callbacks.pruning.stats_source=training"], "taylor needs gradients"),
         (
             ["pruning.calibration_mode=sequential", "callbacks.pruning.stats_source=training"],
-            "calibration_mode=sequential gathers each layer's statistics on the already-pruned layers",
+            "calibration_mode=sequential runs each layer on the calibration batches as the already-pruned layers",
+        ),
+        (
+            [
+                "pruning.calibration_mode=layerwise",
+                "pruning.reconstruct.epochs=1",
+                "callbacks.pruning.stats_source=training",
+            ],
+            "pruning.reconstruct runs each layer on the calibration batches",
         ),
         (["recovery=cpt_then_lora", "recovery.module.lora_from_step=4"], "would never start"),
         (["overwrite=no"], "overwrite must be true or false, got 'no'"),  # a string was taken as true

@@ -1,0 +1,156 @@
+"""Per-layer reconstruction (`pruning.reconstruct`): after a layer is pruned (and its down_proj refitted), fit its
+kept gate/up/down weights by Adam so that it reproduces a target on the calibration tokens.
+
+Layer by layer, with `x` the layer's MLP input on the calibration tokens (as the layer-wise calibration mode gives
+it: the pruned prefix's under `sequential` and `carried`, the unpruned model's under `layerwise`):
+- `target=local`: the unpruned MLP's output on `x` (what the least-squares refit fits, here through all three
+  matrices, the activation included);
+- `target=carried`: what the pruned MLP must add to its block's residual stream for the block to output what the
+  unpruned model's block outputs on the same tokens, so that each layer also makes up for the error of the layers
+  below (under `layerwise` the prefix is unpruned, and this equals `local`).
+The loss is the mean over tokens of the squared output error, in float32 whatever the model's dtype, with batches of
+`batch_tokens` tokens, `epochs` passes and a cosine-decayed learning rate. Only the base weights change: a LoRA
+adapter's contribution stays in the function fitted, and shapes stay those of the plain Hugging Face layout (the
+fused Phi-3 `gate_up_proj` is fitted as the one matrix it is). On a 2-core CPU a SmolLM2-135M layer takes about
+35 s for 6 epochs over 32,768 tokens (docs/BENCHMARKS.md, `layer_reconstruction`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from prune_recover.arch import GatedMLP, base_linear, decoder_blocks
+from prune_recover.logs import get_logger
+from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.settings import check_whole_numbers
+
+TARGETS = ("local", "carried")
+log = get_logger(__name__)
+CHUNK = 4096  # tokens per no-grad pass
+
+
+@dataclass(frozen=True)
+class ReconstructSpec:
+    """Reconstruction settings (`pruning.reconstruct`).
+
+    Attributes:
+        epochs: Adam passes over the calibration tokens per layer; 0 disables the reconstruction.
+        lr: Adam's learning rate at the start of the cosine decay.
+        batch_tokens: Tokens per Adam step.
+        target: `local` or `carried` (module docstring).
+    """
+
+    epochs: int = 0
+    lr: float = 2e-3
+    batch_tokens: int = 1024
+    target: str = "carried"
+
+    def __post_init__(self) -> None:
+        check_whole_numbers(
+            {"pruning.reconstruct.epochs": (self.epochs, 0), "pruning.reconstruct.batch_tokens": (self.batch_tokens, 1)}
+        )
+        number = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+        if not (number and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"pruning.reconstruct.lr must be a finite positive number, got {self.lr!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"pruning.reconstruct.target must be one of {TARGETS}, got {self.target!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.epochs > 0
+
+
+def mlp_io(runner: LayerwiseRunner, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Block `index` as it is now, on the runner's cached inputs: its MLP's inputs, its MLP's outputs and the
+    residual stream the MLP output is added to, each `[tokens, hidden]` (float32)."""
+    block, seen = decoder_blocks(runner.model)[index], {}
+    handles = [
+        block.mlp.register_forward_pre_hook(lambda module, args: seen.update(x=args[0])),
+        block.mlp.register_forward_hook(lambda module, args, output: seen.update(y=output)),
+    ]
+    inputs, outputs, residuals = [], [], []
+    try:
+        for number, hidden in enumerate(runner.hidden):
+            block_output = runner.run_batch(index, number, hidden)
+            inputs.append(seen["x"].reshape(-1, seen["x"].shape[-1]).float())
+            outputs.append(seen["y"].reshape(-1, block_output.shape[-1]).float())
+            residuals.append((block_output - seen["y"]).reshape(-1, block_output.shape[-1]).float())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(inputs), torch.cat(outputs), torch.cat(residuals)
+
+
+def fitted_weights(mlp: GatedMLP) -> list[torch.Tensor]:
+    """The base weights the reconstruction changes: gate, up and down (gate_up and down when fused)."""
+    weights = [base_linear(module).weight for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+    return list({id(weight): weight for weight in weights}.values())
+
+
+def relative_error(mlp: GatedMLP, x: torch.Tensor, target: torch.Tensor) -> float:
+    """`||mlp(x) - target||^2 / ||target||^2` over the tokens."""
+    with torch.no_grad():
+        output = torch.cat([mlp.module(x[start : start + CHUNK]) for start in range(0, len(x), CHUNK)])
+        return float((output.float() - target).square().sum() / target.square().sum().clamp_min(1e-30))
+
+
+def reconstruct_mlp(
+    mlp: GatedMLP,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    spec: ReconstructSpec,
+    seed: int,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[float, float]:
+    """Fit the pruned `mlp`'s base weights to `target` on `x` (module docstring); returns the relative error
+    before and after. A fit that does not lower the error is undone (after == before). `reduce` (an all-reduce
+    mean under DDP) is applied to the fitted weights, so that every rank keeps the same model."""
+    module, weights = mlp.module, fitted_weights(mlp)
+    saved = [(parameter, parameter.dtype, parameter.requires_grad) for parameter in module.parameters()]
+    for parameter, _, _ in saved:  # the fit runs in float32, LoRA factors (kept frozen) included
+        parameter.data = parameter.data.float()
+        parameter.requires_grad_(False)
+    x, target = x.to(weights[0].device), target.to(weights[0].device)
+    try:
+        with torch.enable_grad(), torch.autocast(weights[0].device.type, enabled=False):
+            before = relative_error(mlp, x, target)
+            start = [weight.detach().clone() for weight in weights]
+            for weight in weights:
+                weight.requires_grad_(True)
+            adam(module, weights, x, target, spec, seed)
+            after = relative_error(mlp, x, target)
+            if not after < before:  # a fit that ends worse (too high a rate) is undone
+                log.warning("Layer fit raised its error %.4g -> %.4g: kept the weights before it", before, after)
+                for weight, value in zip(weights, start, strict=True):
+                    weight.data.copy_(value)
+                after = before
+    finally:
+        for parameter, dtype, flag in saved:
+            parameter.requires_grad_(flag)
+            parameter.data = parameter.data.to(dtype)
+    if reduce is not None:
+        for weight in weights:
+            weight.data = reduce(weight.data.float()).to(weight.dtype)
+    torch.clear_autocast_cache()  # a forward pass later in the same autocast region must see the new values
+    return before, after
+
+
+def adam(module, weights: list[torch.Tensor], x: torch.Tensor, target: torch.Tensor, spec: ReconstructSpec, seed: int):
+    """`spec.epochs` shuffled passes of Adam on `weights`: mean over tokens of `module`'s squared output error."""
+    optimizer = torch.optim.Adam(weights, lr=spec.lr)
+    steps_per_epoch = max(1, len(x) // spec.batch_tokens)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(spec.epochs):
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        for step in range(steps_per_epoch):
+            tokens = order[step * spec.batch_tokens : (step + 1) * spec.batch_tokens]
+            loss = (module(x[tokens]) - target[tokens]).square().sum(1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()

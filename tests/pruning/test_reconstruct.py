@@ -1,0 +1,188 @@
+"""`pruning.reconstruct`: each pruned layer's kept weights fitted by Adam to its output target on the calibration
+tokens, in float32 whatever the model's dtype, base weights only, and refused where it cannot run."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from prune_recover.arch import base_linear, gated_mlps
+from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.pruning.pruner import Pruner
+from prune_recover.pruning.reconstruct import ReconstructSpec, reconstruct_mlp
+from prune_recover.pruning.surgery import slice_gated_mlp
+from prune_recover.tiny_models import tiny_random
+from prune_recover.training.pruning_callback import PruningCallback
+from tests.conftest import token_batches
+from tests.training.two_ranks import run_two_ranks
+
+FIT = ReconstructSpec(epochs=6, lr=3e-3, batch_tokens=128)
+WORKER = Path(__file__).with_name("reconstruct_ranks_worker.py")
+
+
+def halved_mlp_and_its_target(family: str, dtype: torch.dtype, lora: bool = False):
+    """The first MLP of a tiny model with every other neuron sliced off, random inputs and the unpruned output."""
+    model, _ = tiny_random(family)
+    if lora:
+        targets = ["gate_up_proj", "down_proj"] if family == "phi3" else ["gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    model = model.to(dtype)
+    mlp = gated_mlps(model)[0]
+    x = torch.randn(512, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = mlp.module(x.to(dtype)).float()
+    slice_gated_mlp(mlp, torch.arange(0, mlp.intermediate_size, 2), [])
+    return mlp, x, target
+
+
+def float32_error(module, x, target) -> float:
+    with torch.no_grad():
+        return float((copy.deepcopy(module).float()(x) - target).square().sum() / target.square().sum())
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])  # phi3: the fused gate_up_proj layout
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fit_lowers_the_error_and_keeps_dtypes_shapes_and_flags(family, dtype):
+    mlp, x, target = halved_mlp_and_its_target(family, dtype)
+    layout = {name: (p.shape, p.dtype, p.requires_grad) for name, p in mlp.module.named_parameters()}
+    error_before = float32_error(mlp.module, x, target)
+
+    before, after = reconstruct_mlp(mlp, x, target, FIT, seed=0)
+
+    assert before == pytest.approx(error_before, rel=1e-5)
+    assert after < 0.8 * before, (before, after)
+    assert {name: (p.shape, p.dtype, p.requires_grad) for name, p in mlp.module.named_parameters()} == layout
+    # what it reports is the error of the weights it leaves (up to the rounding back to the model's dtype)
+    assert float32_error(mlp.module, x, target) == pytest.approx(after, rel=1e-5 if dtype == torch.float32 else 0.05)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_under_lora_only_the_base_weights_move_and_the_adapter_stays_in_the_fitted_function(family):
+    mlp, x, target = halved_mlp_and_its_target(family, torch.float32, lora=True)
+    adapters = {name: p.detach().clone() for name, p in mlp.module.named_parameters() if "lora_" in name}
+    bases = [base_linear(module).weight.detach().clone() for module in (mlp.gate_proj, mlp.down_proj)]
+
+    before, after = reconstruct_mlp(mlp, x, target, FIT, seed=0)
+
+    assert after < 0.8 * before
+    for name, parameter in mlp.module.named_parameters():
+        if name in adapters:
+            assert torch.equal(parameter, adapters[name]) and parameter.requires_grad, name
+    for module, old in zip((mlp.gate_proj, mlp.down_proj), bases, strict=True):
+        assert not torch.equal(base_linear(module).weight, old)
+    assert float32_error(mlp.module, x, target) == pytest.approx(after, rel=1e-5)  # the adapter's share counted
+
+
+def test_a_fit_that_would_raise_the_error_is_undone():
+    mlp, x, target = halved_mlp_and_its_target("llama", torch.float32)
+    weights = {name: p.detach().clone() for name, p in mlp.module.named_parameters()}
+
+    before, after = reconstruct_mlp(mlp, x, target, ReconstructSpec(epochs=2, lr=10.0, batch_tokens=128), seed=0)
+
+    assert after == before == pytest.approx(float32_error(mlp.module, x, target), rel=1e-6)
+    assert all(torch.equal(p, weights[name]) for name, p in mlp.module.named_parameters())
+
+
+def final_hidden_error(model, reference, batches) -> float:
+    """Relative squared error of `model`'s last hidden states against `reference`'s on `batches`."""
+    with torch.no_grad():
+        ours = torch.cat([model(batch, output_hidden_states=True).hidden_states[-1] for batch in batches])
+        theirs = torch.cat([reference(batch, output_hidden_states=True).hidden_states[-1] for batch in batches])
+    return float((ours - theirs).square().sum() / theirs.square().sum())
+
+
+@pytest.mark.parametrize(
+    "mode, target", [("sequential", "carried"), ("sequential", "local"), ("carried", "carried"), ("layerwise", "local")]
+)
+def test_pruning_with_reconstruction_ends_closer_to_the_unpruned_model(mode, target):
+    reference, _ = tiny_random("llama")
+    batches = token_batches(count=4, seq_len=64)
+    plain, fitted = copy.deepcopy(reference), copy.deepcopy(reference)
+    plain_event = Pruner(ratio=0.5, calibration_mode=mode).prune(plain, batches)
+    spec = {"epochs": 4, "lr": 2e-3, "batch_tokens": 64, "target": target}
+    event = Pruner(ratio=0.5, calibration_mode=mode, reconstruct=spec).prune(fitted, batches)
+
+    # the first layer chooses before any fit; above it a pruned prefix (sequential, carried) now feeds fitted outputs
+    same = [torch.equal(event.kept[i], plain_event.kept[i]) for i in plain_event.kept]
+    assert same[0] and (all(same) if mode == "layerwise" else not all(same)), same
+    assert fitted.config.intermediate_size == plain.config.intermediate_size == 64
+    assert sorted(event.reconstructed) == list(range(len(event.kept)))
+    assert all(after < before for before, after in event.reconstructed.values()), event.reconstructed
+    report = event.to_dict()  # a pruning_report.json entry
+    assert report["reconstruct_epochs"] == 4 and report["reconstruct_error"][1] < report["reconstruct_error"][0]
+    assert plain_event.to_dict()["reconstruct_epochs"] == 0 and plain_event.to_dict()["reconstruct_error"] is None
+    if target == "carried":  # fitted to the unpruned model's block outputs, the model ends closer to it
+        assert final_hidden_error(fitted, reference, batches) < 0.9 * final_hidden_error(plain, reference, batches)
+
+
+def test_the_carried_target_makes_up_for_the_layers_below():
+    """Each layer's target is the unpruned block output minus this block's residual on the pruned prefix: with
+    the carried target the model's last hidden states end closer to the unpruned model's than with the local one."""
+    reference, _ = tiny_random("llama")
+    batches = token_batches(count=4, seq_len=64)
+    errors = {}
+    for target in ("local", "carried"):
+        model = copy.deepcopy(reference)
+        spec = {"epochs": 6, "lr": 5e-3, "batch_tokens": 64, "target": target}
+        Pruner(ratio=0.5, calibration_mode="sequential", reconstruct=spec).prune(model, batches)
+        errors[target] = final_hidden_error(model, reference, batches)
+    assert errors["carried"] < errors["local"], errors
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"epochs": -1}, r"pruning.reconstruct.epochs takes a whole number >= 0, got -1"),
+        ({"epochs": 1.5}, r"pruning.reconstruct.epochs takes a whole number >= 0, got 1.5"),
+        ({"batch_tokens": 0}, r"pruning.reconstruct.batch_tokens takes a whole number >= 1, got 0"),
+        ({"lr": 0}, r"pruning.reconstruct.lr must be a finite positive number, got 0"),
+        ({"lr": float("nan")}, r"pruning.reconstruct.lr must be a finite positive number, got nan"),
+        ({"target": "global"}, r"pruning.reconstruct.target must be one of \('local', 'carried'\), got 'global'"),
+    ],
+)
+def test_bad_settings_are_refused_with_what_is_allowed(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Pruner(ratio=0.5, calibration_mode="sequential", reconstruct=settings)
+
+
+def test_it_is_refused_where_there_are_no_layer_inputs_to_fit_on():
+    needs = r"pruning.reconstruct .* needs width pruning and calibration_mode layerwise, sequential or carried"
+    with pytest.raises(ValueError, match=needs + ", got calibration_mode=oneshot"):
+        Pruner(ratio=0.5, reconstruct={"epochs": 2})
+    with pytest.raises(ValueError, match=needs):
+        Pruner(depth={"num_blocks": 1}, calibration_mode="sequential", reconstruct={"epochs": 2})
+    pruner = Pruner(ratio=0.5, calibration_mode="layerwise", reconstruct={"epochs": 2})
+    refusal = r"pruning.reconstruct runs each layer on the calibration batches .* Use stats_source=calibration"
+    with pytest.raises(ValueError, match=refusal):
+        PruningCallback(pruner, stats_source="training")
+    model, _ = tiny_random("llama")
+    stats_of_training = {}  # any statistics gathered beforehand: refused before they are read
+    with pytest.raises(ValueError, match=refusal):
+        pruner.prune(model, token_batches(count=1, seq_len=16), stats=stats_of_training)
+    assert model.config.intermediate_size == 128
+    Pruner(ratio=0.5, calibration_mode="layerwise", reconstruct={"epochs": 0})  # off: allowed anywhere
+    PruningCallback(Pruner(ratio=0.5, reconstruct={"epochs": 0}), stats_source="training")
+
+
+def test_two_ranks_with_different_calibration_batches_end_with_the_same_weights(tmp_path):
+    """Under DDP the fitted weights go through the all-reduce mean: ranks that fitted on different tokens agree."""
+    run_two_ranks(WORKER, str(tmp_path))
+    digests = [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in range(2)]
+    assert digests[0][0] == digests[1][0]  # the weights after the reduce
+    assert digests[0][1] != digests[1][1]  # what each rank would have kept without it
+
+
+def test_the_layerwise_runner_is_left_as_it_was():
+    """`mlp_io` hooks the block's MLP: after it the block runs as before, without hooks left behind."""
+    from prune_recover.pruning.reconstruct import mlp_io
+
+    model, _ = tiny_random("llama")
+    runner = LayerwiseRunner(model, token_batches(count=2, seq_len=16))
+    outputs = runner.run_block(0)
+    x, local, residual = mlp_io(runner, 0)
+    assert x.shape == local.shape == residual.shape == (2 * 2 * 16, model.config.hidden_size)
+    torch.testing.assert_close(torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs]), local + residual)
+    mlp = gated_mlps(model)[0].module
+    assert not mlp._forward_hooks and not mlp._forward_pre_hooks
