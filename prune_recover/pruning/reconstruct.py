@@ -8,6 +8,9 @@ it: the pruned prefix's under `sequential` and `carried`, the unpruned model's u
 - `target=carried`: what the pruned MLP must add to its block's residual stream for the block to output what the
   unpruned model's block outputs on the same tokens, so that each layer also makes up for the error of the layers
   below (under `layerwise` the prefix is unpruned, and this equals `local`).
+What is fitted is the block's whole MLP path (`MlpPath`): the MLP, then the post-feedforward norm of Gemma 2/3 and
+OLMo-2 and the residual multiplier of Granite, so that the path's output added to the residual stream is the block's
+output in every supported family.
 The loss is the mean over tokens of the squared output error, in float32 whatever the model's dtype, with batches of
 `batch_tokens` tokens, `epochs` passes and a cosine-decayed learning rate. Only the base weights change: a LoRA
 adapter's contribution stays in the function fitted, and shapes stay those of the plain Hugging Face layout (the
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from prune_recover.arch import GatedMLP, base_linear, decoder_blocks
 from prune_recover.logs import get_logger
@@ -64,25 +68,39 @@ class ReconstructSpec:
         return self.epochs > 0
 
 
+class MlpPath(nn.Module):
+    """What a decoder block adds to its residual stream from its MLP's input: the MLP, then the post-feedforward norm
+    (Gemma 2/3, OLMo-2) and the residual multiplier (Granite) where the block has them."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.mlp = block.mlp
+        self.post_norm = getattr(block, "post_feedforward_layernorm", None)
+        self.scale = getattr(block, "residual_multiplier", 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.mlp(x)
+        if self.post_norm is not None:
+            output = self.post_norm(output)
+        return output * self.scale if self.scale != 1.0 else output
+
+
 def mlp_io(runner: LayerwiseRunner, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Block `index` as it is now, on the runner's cached inputs: its MLP's inputs, its MLP's outputs and the
-    residual stream the MLP output is added to, each `[tokens, hidden]` (float32)."""
-    block, seen = decoder_blocks(runner.model)[index], {}
-    handles = [
-        block.mlp.register_forward_pre_hook(lambda module, args: seen.update(x=args[0])),
-        block.mlp.register_forward_hook(lambda module, args, output: seen.update(y=output)),
-    ]
-    inputs, outputs, residuals = [], [], []
+    """Block `index` as it is now, on the runner's cached inputs: its MLP's inputs, its MLP path's outputs and the
+    residual stream they are added to, each `[tokens, hidden]` (float32)."""
+    block, inputs = decoder_blocks(runner.model)[index], []
+    handle = block.mlp.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     try:
-        for number, hidden in enumerate(runner.hidden):
-            block_output = runner.run_batch(index, number, hidden)
-            inputs.append(seen["x"].reshape(-1, seen["x"].shape[-1]).float())
-            outputs.append(seen["y"].reshape(-1, block_output.shape[-1]).float())
-            residuals.append((block_output - seen["y"]).reshape(-1, block_output.shape[-1]).float())
+        block_outputs = [runner.run_batch(index, number, hidden) for number, hidden in enumerate(runner.hidden)]
     finally:
-        for handle in handles:
-            handle.remove()
-    return torch.cat(inputs), torch.cat(outputs), torch.cat(residuals)
+        handle.remove()
+    path, hidden_size = MlpPath(block), block_outputs[0].shape[-1]
+    with torch.no_grad():  # batch by batch, on the shapes the block ran
+        outputs = [path(x) for x in inputs]
+    pairs = zip(block_outputs, outputs, strict=True)
+    residual = torch.cat([(block_output - output).reshape(-1, hidden_size).float() for block_output, output in pairs])
+    flat_inputs = torch.cat([x.reshape(-1, hidden_size) for x in inputs]).float()
+    return flat_inputs, torch.cat([o.reshape(-1, hidden_size).float() for o in outputs]), residual
 
 
 def fitted_weights(mlp: GatedMLP) -> list[torch.Tensor]:
@@ -91,47 +109,53 @@ def fitted_weights(mlp: GatedMLP) -> list[torch.Tensor]:
     return list({id(weight): weight for weight in weights}.values())
 
 
-def relative_error(mlp: GatedMLP, x: torch.Tensor, target: torch.Tensor) -> float:
-    """`||mlp(x) - target||^2 / ||target||^2` over the tokens."""
+def relative_error(path: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    """`||path(x) - target||^2 / ||target||^2` over the tokens."""
     with torch.no_grad():
-        output = torch.cat([mlp.module(x[start : start + CHUNK]) for start in range(0, len(x), CHUNK)])
+        output = torch.cat([path(x[start : start + CHUNK]) for start in range(0, len(x), CHUNK)])
         return float((output.float() - target).square().sum() / target.square().sum().clamp_min(1e-30))
 
 
 def reconstruct_mlp(
     mlp: GatedMLP,
+    path: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     spec: ReconstructSpec,
     seed: int,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
-    """Fit the pruned `mlp`'s base weights to `target` on `x` (module docstring); returns the relative error
-    before and after. A fit that does not lower the error is undone (after == before). `reduce` (an all-reduce
-    mean under DDP) is applied to the fitted weights, so that every rank keeps the same model."""
-    module, weights = mlp.module, fitted_weights(mlp)
-    saved = [(parameter, parameter.dtype, parameter.requires_grad) for parameter in module.parameters()]
-    for parameter, _, _ in saved:  # the fit runs in float32, LoRA factors (kept frozen) included
+    """Fit the pruned `mlp`'s base weights so that `path` (its block's `MlpPath`, or the MLP module itself) gives
+    `target` on `x` (module docstring); returns the relative error before and after. A fit that does not lower the
+    error is undone (after == before). `reduce` (an all-reduce mean under DDP) is applied to the fitted weights, so
+    that every rank keeps the same model."""
+    weights = fitted_weights(mlp)
+    # the fit runs in float32 (LoRA factors, kept frozen, included) and leaves dtypes, flags and the training
+    # gradients (of an accumulation window the event falls in) as it found them
+    saved = [(parameter, parameter.dtype, parameter.requires_grad, parameter.grad) for parameter in path.parameters()]
+    for parameter, _, _, _ in saved:
+        parameter.grad = None
         parameter.data = parameter.data.float()
         parameter.requires_grad_(False)
     x, target = x.to(weights[0].device), target.to(weights[0].device)
     try:
         with torch.enable_grad(), torch.autocast(weights[0].device.type, enabled=False):
-            before = relative_error(mlp, x, target)
+            before = relative_error(path, x, target)
             start = [weight.detach().clone() for weight in weights]
             for weight in weights:
                 weight.requires_grad_(True)
-            adam(module, weights, x, target, spec, seed)
-            after = relative_error(mlp, x, target)
+            adam(path, weights, x, target, spec, seed)
+            after = relative_error(path, x, target)
             if not after < before:  # a fit that ends worse (too high a rate) is undone
                 log.warning("Layer fit raised its error %.4g -> %.4g: kept the weights before it", before, after)
                 for weight, value in zip(weights, start, strict=True):
                     weight.data.copy_(value)
                 after = before
     finally:
-        for parameter, dtype, flag in saved:
+        for parameter, dtype, flag, grad in saved:
             parameter.requires_grad_(flag)
             parameter.data = parameter.data.to(dtype)
+            parameter.grad = grad
     if reduce is not None:
         for weight in weights:
             weight.data = reduce(weight.data.float()).to(weight.dtype)

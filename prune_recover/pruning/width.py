@@ -19,13 +19,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prune_recover.arch import GatedMLP, gated_mlps
+from prune_recover.arch import GatedMLP, decoder_blocks, gated_mlps
 from prune_recover.lm import eval_mode
 from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner
-from prune_recover.pruning.reconstruct import ReconstructSpec, mlp_io, reconstruct_mlp
+from prune_recover.pruning.reconstruct import MlpPath, ReconstructSpec, mlp_io, reconstruct_mlp
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
 
@@ -139,7 +139,8 @@ def prune_width_layerwise(
                 target = local if reconstruct.target == "local" or propagate == "original" else flat(unpruned_hidden)
                 if target is not local:
                     target = target - residual
-                fit = reconstruct_mlp(mlp, x, target, reconstruct, seed=index, reduce=reduce_tensor)
+                path = MlpPath(decoder_blocks(model)[index])
+                fit = reconstruct_mlp(mlp, path, x, target, reconstruct, seed=index, reduce=reduce_tensor)
                 log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, *fit)
                 if errors is not None:
                     errors[index] = fit

@@ -8,11 +8,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from prune_recover.arch import base_linear, gated_mlps
+from prune_recover.arch import FAMILIES, base_linear, decoder_blocks, gated_mlps
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.pruner import Pruner
-from prune_recover.pruning.reconstruct import ReconstructSpec, reconstruct_mlp
+from prune_recover.pruning.reconstruct import MlpPath, ReconstructSpec, mlp_io, reconstruct_mlp
 from prune_recover.pruning.surgery import slice_gated_mlp
+from prune_recover.pruning.width import flat
 from prune_recover.tiny_models import tiny_random
 from prune_recover.training.pruning_callback import PruningCallback
 from tests.conftest import token_batches
@@ -48,8 +49,12 @@ def test_the_fit_lowers_the_error_and_keeps_dtypes_shapes_and_flags(family, dtyp
     mlp, x, target = halved_mlp_and_its_target(family, dtype)
     layout = {name: (p.shape, p.dtype, p.requires_grad) for name, p in mlp.module.named_parameters()}
     error_before = float32_error(mlp.module, x, target)
+    mlp.down_proj.weight.grad = torch.ones_like(mlp.down_proj.weight)  # training's, mid accumulation window
 
-    before, after = reconstruct_mlp(mlp, x, target, FIT, seed=0)
+    before, after = reconstruct_mlp(mlp, mlp.module, x, target, FIT, seed=0)
+
+    assert torch.equal(mlp.down_proj.weight.grad, torch.ones_like(mlp.down_proj.weight))
+    assert all(p.grad is None for name, p in mlp.module.named_parameters() if "down_proj" not in name)
 
     assert before == pytest.approx(error_before, rel=1e-5)
     assert after < 0.8 * before, (before, after)
@@ -64,7 +69,7 @@ def test_under_lora_only_the_base_weights_move_and_the_adapter_stays_in_the_fitt
     adapters = {name: p.detach().clone() for name, p in mlp.module.named_parameters() if "lora_" in name}
     bases = [base_linear(module).weight.detach().clone() for module in (mlp.gate_proj, mlp.down_proj)]
 
-    before, after = reconstruct_mlp(mlp, x, target, FIT, seed=0)
+    before, after = reconstruct_mlp(mlp, mlp.module, x, target, FIT, seed=0)
 
     assert after < 0.8 * before
     for name, parameter in mlp.module.named_parameters():
@@ -79,7 +84,8 @@ def test_a_fit_that_would_raise_the_error_is_undone():
     mlp, x, target = halved_mlp_and_its_target("llama", torch.float32)
     weights = {name: p.detach().clone() for name, p in mlp.module.named_parameters()}
 
-    before, after = reconstruct_mlp(mlp, x, target, ReconstructSpec(epochs=2, lr=10.0, batch_tokens=128), seed=0)
+    too_fast = ReconstructSpec(epochs=2, lr=10.0, batch_tokens=128)
+    before, after = reconstruct_mlp(mlp, mlp.module, x, target, too_fast, seed=0)
 
     assert after == before == pytest.approx(float32_error(mlp.module, x, target), rel=1e-6)
     assert all(torch.equal(p, weights[name]) for name, p in mlp.module.named_parameters())
@@ -174,15 +180,18 @@ def test_two_ranks_with_different_calibration_batches_end_with_the_same_weights(
     assert digests[0][1] != digests[1][1]  # what each rank would have kept without it
 
 
-def test_the_layerwise_runner_is_left_as_it_was():
-    """`mlp_io` hooks the block's MLP: after it the block runs as before, without hooks left behind."""
-    from prune_recover.pruning.reconstruct import mlp_io
-
-    model, _ = tiny_random("llama")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_fitted_path_plus_the_residual_stream_is_the_blocks_output_in_every_family(family):
+    """The carried target is the unpruned block output minus the residual stream: that needs the whole MLP path
+    (Gemma 2/3 and OLMo-2 normalise the MLP output, Granite scales it)."""
+    model, _ = tiny_random(family, **({"residual_multiplier": 0.5} if family == "granite" else {}))
     runner = LayerwiseRunner(model, token_batches(count=2, seq_len=16))
-    outputs = runner.run_block(0)
-    x, local, residual = mlp_io(runner, 0)
-    assert x.shape == local.shape == residual.shape == (2 * 2 * 16, model.config.hidden_size)
-    torch.testing.assert_close(torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs]), local + residual)
-    mlp = gated_mlps(model)[0].module
-    assert not mlp._forward_hooks and not mlp._forward_pre_hooks
+    block_output = flat(runner.run_block(1))
+    x, path_output, residual = mlp_io(runner, 1)
+    torch.testing.assert_close(path_output, flat([MlpPath(decoder_blocks(model)[1])(x)]))
+    with torch.no_grad():  # an MLP that adds nothing: the block then outputs its residual stream alone
+        base_linear(gated_mlps(model)[1].down_proj).weight.zero_()
+    torch.testing.assert_close(residual, flat(runner.run_block(1)))
+    torch.testing.assert_close(path_output + residual, block_output)
+    mlp = gated_mlps(model)[1].module
+    assert not mlp._forward_hooks and not mlp._forward_pre_hooks  # mlp_io's hook is gone
