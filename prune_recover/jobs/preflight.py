@@ -186,10 +186,11 @@ def check_resume_settings(run_dir: Path, settings: dict, own: bool = True) -> No
             )
         return  # this output_dir's own run, from before the settings were recorded: nothing to compare
     saved = json.loads(saved_file.read_text())
-    differences = [  # a key the run did not record (it predates the key) has nothing to compare
-        f"{key}: {saved[key]!r} then, {value!r} now"
+    differences = [
+        difference
         for key, value in settings.items()
-        if saved.get(key, value) != value
+        if key in saved
+        for difference in setting_differences(key, saved[key], value)
     ]
     if differences:
         raise ValueError(
@@ -197,6 +198,15 @@ def check_resume_settings(run_dir: Path, settings: dict, own: bool = True) -> No
             f"settings do not describe: {'; '.join(differences)}. Resume with the original settings, or start a new "
             "output_dir"
         )
+
+
+def setting_differences(name: str, then, now) -> list[str]:
+    """`name: then, now` for each setting that differs, nested settings (`pruning.ratio`) one by one; a setting the
+    earlier run did not record (it predates the setting, as `pruning.reconstruct` does) has nothing to compare."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        nested = [setting_differences(f"{name}.{key}", then[key], value) for key, value in now.items() if key in then]
+        return [difference for differences in nested for difference in differences]
+    return [] if then == now else [f"{name}: {then!r} then, {now!r} now"]
 
 
 def used_outputs(output_dir: Path) -> list[Path]:

@@ -66,7 +66,7 @@ def test_resuming_under_other_settings_is_refused_and_names_them(wikitext_dir, t
     report = (out / "pruning_report.json").read_text()
 
     resumed = tiny_overrides(wikitext_dir, out) + ["ckpt_path=last", "pruning.ratio=0.5", "trainer.max_steps=6"]
-    with pytest.raises(ValueError, match=r"other settings.*pruning: .*'ratio': 0.4.* then, .*'ratio': 0.5"):
+    with pytest.raises(ValueError, match=r"other settings.*: pruning.ratio: 0.4 then, 0.5 now\. Resume with"):
         run(compose_config(resumed))
     # the checkpoint of that run, resumed into another folder, is checked against the settings of its own run
     elsewhere = tiny_overrides(wikitext_dir, tmp_path / "other") + ["pruning.ratio=0.5", "trainer.max_steps=6"]
@@ -105,6 +105,12 @@ def test_a_setting_the_resumed_run_did_not_record_is_not_compared(tmp_path):
     (tmp_path / SETTINGS_FILE).write_text(json.dumps({"model.name": "tiny-random", "data.bos": False}))
     with pytest.raises(ValueError, match="data.bos: False then, 'auto' now"):
         check_resume_settings(tmp_path, now)
+    # a run from before pruning.reconstruct resumes; what it did record is still compared, setting by setting
+    pruning = {"ratio": 0.4, "depth": {"num_blocks": 1}}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"model.name": "tiny-random", "pruning": pruning}))
+    check_resume_settings(tmp_path, {"pruning": {**pruning, "reconstruct": {"epochs": 0}}})
+    with pytest.raises(ValueError, match=r"settings do not describe: pruning.depth.num_blocks: 1 then, 2 now\. "):
+        check_resume_settings(tmp_path, {"pruning": {"ratio": 0.4, "depth": {"num_blocks": 2}, "reconstruct": {}}})
 
 
 @pytest.mark.parametrize(
