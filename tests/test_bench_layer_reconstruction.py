@@ -1,43 +1,49 @@
-"""bench/layer_reconstruction.py on a tiny model: its first step is the package's sequential activation + refit,
-the model keeps one width, and each layer's fit lowers the error it minimises."""
+"""bench/layer_reconstruction.py: its flags become the package's `pruning.reconstruct` settings, bad ones stop before
+any model loads, and its table carries both perplexities, the zero-shot suite and the fit's errors."""
+
+from types import SimpleNamespace
 
 import pytest
-import torch
 
-from bench.layer_reconstruction import prune_and_reconstruct
-from prune_recover.arch import gated_mlps
-from prune_recover.pruning.pruner import Pruner
-from prune_recover.tiny_models import tiny_random
-
-WIDTH = 80  # of the tiny model's 128
+from bench.layer_reconstruction import markdown, parse_args
+from prune_recover.evaluation.tasks import ZEROSHOT_TASKS
+from prune_recover.pruning.spec import PruneEvent
+from tests.evaluation.test_tasks import ZEROSHOT_DIR
 
 
-def tiny_and_batches():
-    base, _ = tiny_random(seed=0)
-    generator = torch.Generator().manual_seed(0)
-    batches = [torch.randint(3, base.config.vocab_size, (2, 64), generator=generator) for _ in range(4)]
-    return base.float().eval(), batches
+def test_the_flags_are_the_packages_reconstruction_settings():
+    argv = ["--selection", "obs", "--target", "local", "--epochs", "3", "--lr", "1e-3", "--zeroshot-dir"]
+    args, pruner, evaluator = parse_args([*argv, str(ZEROSHOT_DIR)])
+    assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "sequential", 0.4)
+    assert (pruner.reconstruct.epochs, pruner.reconstruct.lr, pruner.reconstruct.target) == (3, 1e-3, "local")
+    assert evaluator.limit == args.zero_shot == 100
 
 
-@pytest.mark.parametrize("target", ["local", "carried"])
-def test_every_layer_ends_closer_to_its_target_and_the_model_keeps_one_width(target):
-    base, batches = tiny_and_batches()
-    model, errors = prune_and_reconstruct(base, batches, WIDTH, target, epochs=8, lr=1e-3, batch=128)
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ratio", "1.5"], r"--ratio / --epochs / --lr: pruning.ratio must be in \(0, 1\)"),
+        (["--epochs", "-1"], "--ratio / --epochs / --lr: pruning.reconstruct.epochs takes a whole number >= 0"),
+        (["--lr", "0"], "--ratio / --epochs / --lr: pruning.reconstruct.lr must be a finite positive number"),
+        (["--zero-shot", "0"], "--zero-shot: a positive number of items per task, got 0"),
+    ],
+)
+def test_bad_flags_stop_before_any_model_loads(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        parse_args([*argv, "--zeroshot-dir", str(ZEROSHOT_DIR)])
 
-    assert {mlp.intermediate_size for mlp in gated_mlps(model)} == {WIDTH} == {model.config.intermediate_size}
-    assert {mlp.intermediate_size for mlp in gated_mlps(base)} == {base.config.intermediate_size}  # a copy was pruned
-    assert len(errors) == len(gated_mlps(model))
-    assert all(after < before for before, after in errors), errors
 
+def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
+    args = SimpleNamespace(selection="activation", ratio=0.4, target="carried", epochs=6, lr=2e-3, zero_shot=100)
+    event = PruneEvent("activation", 922, 30, 0, reconstructed={0: (0.4, 0.3), 1: (0.2, 0.1)})
+    scores = {task: {metric: 0.5, f"{metric}_stderr": 0.05} for task, (_, metric) in ZEROSHOT_TASKS.items()}
+    suite = {"average": 0.417, "tasks": scores}
+    command = "python bench/layer_reconstruction.py --target carried"
 
-def test_without_epochs_it_is_the_packages_sequential_activation_and_refit():
-    base, batches = tiny_and_batches()
-    bench_model, errors = prune_and_reconstruct(base, batches, WIDTH, "local", epochs=0, lr=1e-3)
-    package_model, _ = tiny_random(seed=0)
-    package_model = package_model.float().eval()
-    Pruner(importance="activation", ratio=0.5, calibration_mode="sequential").prune(package_model, batches, WIDTH)
+    table = markdown(command, args, event, {"wikitext2": 34.98, "code": 35.91}, suite, 1104.4)
 
-    assert all(before == after for before, after in errors)
-    for ours, theirs in zip(bench_model.state_dict().items(), package_model.state_dict().items(), strict=True):
-        assert ours[0] == theirs[0] and ours[1].shape == theirs[1].shape, ours[0]
-        torch.testing.assert_close(ours[1], theirs[1], rtol=1e-4, atol=1e-5, msg=ours[0])
+    assert table.startswith("## Per-layer reconstruction after activation + refit at 40% (`pruning.reconstruct`")
+    assert f"Command: `{command}`." in table and "MLP width 1536 -> 922" in table
+    assert "0.3000 after the refit, 0.2000 after the reconstruction" in table
+    cells = " | ".join(["0.500 ± 0.050"] * len(ZEROSHOT_TASKS))
+    assert table.endswith(f"| 34.98 | 35.91 | {cells} | 0.417 | 1104 |")
