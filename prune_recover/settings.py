@@ -6,7 +6,13 @@ fails later with a comparison error that names no setting, or, for a boolean, pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether `value` is a finite int or float (a boolean, a string or nan is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_whole_numbers(settings: Mapping[str, tuple[object, int]]) -> None:

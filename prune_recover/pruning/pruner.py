@@ -237,8 +237,7 @@ class Pruner:
             propagate,
             taylor,
             optimizers,
-            lambda s: reduce_stats(s, reduce),
-            self.reconstruct,
             reduce,
+            self.reconstruct,
             errors,
         )

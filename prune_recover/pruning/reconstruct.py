@@ -20,7 +20,6 @@ fused Phi-3 `gate_up_proj` is fitted as the one matrix it is). On a 2-core CPU a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from torch import nn
 from prune_recover.arch import GatedMLP, base_linear, decoder_blocks
 from prune_recover.logs import get_logger
 from prune_recover.pruning.layerwise import LayerwiseRunner
-from prune_recover.settings import check_whole_numbers
+from prune_recover.settings import check_whole_numbers, is_finite_number
 
 TARGETS = ("local", "carried")
 log = get_logger(__name__)
@@ -57,8 +56,7 @@ class ReconstructSpec:
         check_whole_numbers(
             {"pruning.reconstruct.epochs": (self.epochs, 0), "pruning.reconstruct.batch_tokens": (self.batch_tokens, 1)}
         )
-        number = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
-        if not (number and math.isfinite(self.lr) and self.lr > 0):
+        if not (is_finite_number(self.lr) and self.lr > 0):
             raise ValueError(f"pruning.reconstruct.lr must be a finite positive number, got {self.lr!r}")
         if self.target not in TARGETS:
             raise ValueError(f"pruning.reconstruct.target must be one of {TARGETS}, got {self.target!r}")

@@ -3,12 +3,11 @@ of one event (an entry of `pruning_report.json` "events")."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 from prune_recover.pruning.depth import get_depth_criterion
 from prune_recover.pruning.reconstruct import ReconstructSpec
-from prune_recover.settings import check_whole_numbers
+from prune_recover.settings import check_whole_numbers, is_finite_number
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,7 @@ def check_calibration(mode: str, refit: bool, refit_damp, prunes_width: bool, re
             "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
             "it needs width pruning with pruning.refit=true"
         )
-    number = isinstance(refit_damp, (int, float)) and not isinstance(refit_damp, bool)
-    if not (number and math.isfinite(refit_damp) and refit_damp >= 0):
+    if not (is_finite_number(refit_damp) and refit_damp >= 0):
         raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp!r}")
     if reconstruct.enabled and (mode == "oneshot" or not prunes_width):
         raise ValueError(

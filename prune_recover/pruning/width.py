@@ -22,7 +22,7 @@ from torch import nn
 from prune_recover.arch import GatedMLP, decoder_blocks, gated_mlps
 from prune_recover.lm import eval_mode
 from prune_recover.logs import get_logger
-from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs
+from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs, reduce_stats
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.reconstruct import MlpPath, ReconstructSpec, mlp_io, reconstruct_mlp
@@ -90,9 +90,8 @@ def prune_width_layerwise(
     propagate: Literal["original", "pruned", "carried"] = "original",
     taylor: Mapping[int, torch.Tensor] | None = None,
     optimizers: Iterable[torch.optim.Optimizer] = (),
-    reduce: Callable[[NeuronStats], NeuronStats] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reconstruct: ReconstructSpec | None = None,
-    reduce_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     errors: dict[int, tuple[float, float]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Prune layer by layer, gathering each layer's statistics right before pruning it.
@@ -103,9 +102,9 @@ def prune_width_layerwise(
             `carried` does too, and refits each layer to the unpruned model's output on the same tokens
             (so that it makes up for the error of the layers below; needs `refit_damp`).
         taylor: Per-layer gradient saliencies for the `taylor` scorer (a backward pass needs the whole model).
-        reduce: Applied to each layer's statistics before use (an all-reduce under DDP).
+        reduce: Applied to each layer's statistics before use and to its reconstructed weights (an all-reduce mean
+            under DDP).
         reconstruct: When enabled, each pruned layer's weights are then fitted to its target (`reconstruct.py`).
-        reduce_tensor: Applied to the reconstructed weights (an all-reduce mean under DDP).
         errors: Filled, when reconstructing, with each layer's relative output error before and after its fit.
     """
     if propagate not in PROPAGATIONS:
@@ -131,16 +130,15 @@ def prune_width_layerwise(
                 with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
                     outputs = runner.run_block(index)
                 layer_stats = recorder.stats[index]
-            layer_stats = reduce(layer_stats) if reduce else layer_stats
+            layer_stats = reduce_stats(layer_stats, reduce) if reduce else layer_stats
             if taylor is not None:
                 layer_stats.taylor = taylor[index]
             kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
             if reconstruct is not None:
-                target = local if reconstruct.target == "local" or propagate == "original" else flat(unpruned_hidden)
-                if target is not local:
-                    target = target - residual
+                carried = reconstruct.target == "carried" and propagate != "original"  # an unpruned prefix: local
+                target = flat(unpruned_hidden) - residual if carried else local
                 path = MlpPath(decoder_blocks(model)[index])
-                fit = reconstruct_mlp(mlp, path, x, target, reconstruct, seed=index, reduce=reduce_tensor)
+                fit = reconstruct_mlp(mlp, path, x, target, reconstruct, seed=index, reduce=reduce)
                 log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, *fit)
                 if errors is not None:
                     errors[index] = fit
