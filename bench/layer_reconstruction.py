@@ -2,8 +2,8 @@
 prefix (`calibration_mode=sequential`), with the issue's protocol and calibration budget.
 
 What it measures: after each layer's neurons are chosen (`--selection`: activation norm, or `obs`) and its down_proj
-refitted, `pruning.reconstruct` fits the layer's kept gate/up/down weights by Adam (batches of 1,024 tokens,
-`--epochs` passes, learning rate `--lr` with a cosine decay) to `--target`:
+refitted, `pruning.reconstruct` fits the layer's kept gate/up/down weights by Adam (batches of `--batch-tokens`
+tokens, `--epochs` passes, learning rate `--lr` with a cosine decay) to `--target`:
 - `local`: the unpruned layer's output on the layer's input;
 - `carried`: what the pruned MLP must add to this block's residual stream for the block to output what the
   unpruned model's block outputs (the layers below's error is made up here too, as ZipLM / Tyr-the-Pruner carry it).
@@ -47,6 +47,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--target", choices=("local", "carried"), default="carried")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-tokens", type=int, default=1024, help="tokens per Adam step")
+    parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: from --selection and --ratio)")
     add_zeroshot_flags(parser, items=100)
     args = parser.parse_args(argv)
     try:
@@ -54,10 +56,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
             importance=args.selection,
             ratio=args.ratio,
             calibration_mode="sequential",
-            reconstruct={"epochs": args.epochs, "lr": args.lr, "target": args.target},
+            reconstruct={
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "batch_tokens": args.batch_tokens,
+                "target": args.target,
+            },
         )
     except ValueError as error:
-        raise SystemExit(f"--ratio / --epochs / --lr: {error}") from error
+        raise SystemExit(f"bad flag: {error}") from error
     return args, pruner, zeroshot_evaluator(args)
 
 
@@ -75,9 +82,13 @@ def main() -> None:
     ppl = perplexity_by_domain(protocol_evaluator(tokenizer, WIKITEXT), model)
     suite = zeroshot(model)
     print(ppl, suite["average"], f"{seconds:.0f} s", flush=True)
+    write_section(args.section or default_section(args), markdown(command, args, event, ppl, suite, seconds))
+
+
+def default_section(args: argparse.Namespace) -> str:
+    """`layer_reconstruction`, then `_obs` for obs selection and `_NN` for a ratio other than 40%."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
-    section += "" if args.ratio == RATIO else f"_{round(args.ratio * 100)}"
-    write_section(section, markdown(command, args, event, ppl, suite, seconds))
+    return section + ("" if args.ratio == RATIO else f"_{round(args.ratio * 100)}")
 
 
 def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) -> str:
@@ -92,7 +103,8 @@ def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) 
             "",
             f"SmolLM2-135M, MLP width 1536 -> {width}, one-shot, 64 x 512 calibration tokens from `wiki.valid.raw` "
             f"(seed 0), no training corpus; `calibration_mode=sequential`, reconstruction target `{args.target}`, "
-            f"{args.epochs} epochs of Adam at {args.lr}. WikiText-2 test and held-out code perplexity on the scorer "
+            f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens. WikiText-2 test "
+            "and held-out code perplexity on the scorer "
             f"table's protocol (16 x 1024 windows); the zero-shot suite on the first {args.zero_shot} items of each "
             "task. Pruning time includes the reconstruction. Mean over layers of the MLP's relative output error "
             f"against the target: {error[0]:.4f} after the refit, {error[1]:.4f} after the reconstruction.",

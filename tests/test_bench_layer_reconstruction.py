@@ -12,19 +12,33 @@ from tests.evaluation.test_tasks import ZEROSHOT_DIR
 
 
 def test_the_flags_are_the_packages_reconstruction_settings():
-    argv = ["--selection", "obs", "--target", "local", "--epochs", "3", "--lr", "1e-3", "--zeroshot-dir"]
+    argv = [
+        "--selection",
+        "obs",
+        "--target",
+        "local",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+        "--batch-tokens",
+        "512",
+        "--zeroshot-dir",
+    ]
     args, pruner, evaluator = parse_args([*argv, str(ZEROSHOT_DIR)])
     assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "sequential", 0.4)
-    assert (pruner.reconstruct.epochs, pruner.reconstruct.lr, pruner.reconstruct.target) == (3, 1e-3, "local")
+    settings = pruner.reconstruct
+    assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
     assert evaluator.limit == args.zero_shot == 100
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--ratio", "1.5"], r"--ratio / --epochs / --lr: pruning.ratio must be in \(0, 1\)"),
-        (["--epochs", "-1"], "--ratio / --epochs / --lr: pruning.reconstruct.epochs takes a whole number >= 0"),
-        (["--lr", "0"], "--ratio / --epochs / --lr: pruning.reconstruct.lr must be a finite positive number"),
+        (["--ratio", "1.5"], r"bad flag: pruning.ratio must be in \(0, 1\)"),
+        (["--epochs", "-1"], "bad flag: pruning.reconstruct.epochs takes a whole number >= 0"),
+        (["--lr", "0"], "bad flag: pruning.reconstruct.lr must be a finite positive number"),
+        (["--batch-tokens", "0"], "bad flag: pruning.reconstruct.batch_tokens takes a whole number >= 1"),
         (["--zero-shot", "0"], "--zero-shot: a positive number of items per task, got 0"),
     ],
 )
@@ -34,7 +48,9 @@ def test_bad_flags_stop_before_any_model_loads(argv, message):
 
 
 def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
-    args = SimpleNamespace(selection="activation", ratio=0.4, target="carried", epochs=6, lr=2e-3, zero_shot=100)
+    args = SimpleNamespace(
+        selection="activation", ratio=0.4, target="carried", epochs=6, lr=2e-3, batch_tokens=1024, zero_shot=100
+    )
     event = PruneEvent("activation", 922, 30, 0, reconstructed={0: (0.4, 0.3), 1: (0.2, 0.1)})
     scores = {task: {metric: 0.5, f"{metric}_stderr": 0.05} for task, (_, metric) in ZEROSHOT_TASKS.items()}
     suite = {"average": 0.417, "tasks": scores}
@@ -44,6 +60,7 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
 
     assert table.startswith("## Per-layer reconstruction after activation + refit at 40% (`pruning.reconstruct`")
     assert f"Command: `{command}`." in table and "MLP width 1536 -> 922" in table
+    assert "6 epochs of Adam at 0.002 in batches of 1024 tokens" in table
     assert "0.3000 after the refit, 0.2000 after the reconstruction" in table
     cells = " | ".join(["0.500 ± 0.050"] * len(ZEROSHOT_TASKS))
     assert table.endswith(f"| 34.98 | 35.91 | {cells} | 0.417 | 1104 |")
