@@ -32,6 +32,7 @@ from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.importance import OBS_ROUND  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
+from prune_recover.pruning.reconstruct import TARGETS, ReconstructSpec  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 RATIO = 0.4
@@ -44,10 +45,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ratio", type=float, default=RATIO, help="share of MLP neurons removed (0.4: issue 12's)")
     parser.add_argument("--selection", choices=tuple(SELECTIONS), default="activation")
-    parser.add_argument("--target", choices=("local", "carried"), default="carried")
+    parser.add_argument("--target", choices=TARGETS, default=ReconstructSpec.target)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-tokens", type=int, default=1024, help="tokens per Adam step")
+    parser.add_argument("--lr", type=float, default=ReconstructSpec.lr)
+    parser.add_argument("--batch-tokens", type=int, default=ReconstructSpec.batch_tokens, help="tokens per Adam step")
     parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: from --selection and --ratio)")
     add_zeroshot_flags(parser, items=100)
     args = parser.parse_args(argv)
