@@ -11,9 +11,11 @@ Calibration: 32,768 tokens (64 x 512 from wiki.valid.raw, seed 0); no training c
 keeps the plain uniform-width layout. Quality: WikiText-2 test and held-out code perplexity (16 x 1024 windows) and
 the zero-shot suite.
 
-Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite; a ratio other than 0.4 or
-`--selection obs` writes its own section):
+`--normalized` weighs each token's squared error by the inverse squared norm of its block's output
+(`pruning.reconstruct.normalized`). Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite;
+a ratio other than 0.4, `--selection obs` or `--normalized` writes its own section):
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --zero-shot 100
+    python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --normalized --zero-shot 100
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
 """
 
@@ -49,6 +51,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=ReconstructSpec.lr)
     parser.add_argument("--batch-tokens", type=int, default=ReconstructSpec.batch_tokens, help="tokens per Adam step")
+    parser.add_argument("--normalized", action="store_true", help="each token's error relative to its block's output")
     parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: from --selection and --ratio)")
     add_zeroshot_flags(parser, items=100)
     args = parser.parse_args(argv)
@@ -62,6 +65,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
                 "lr": args.lr,
                 "batch_tokens": args.batch_tokens,
                 "target": args.target,
+                "normalized": args.normalized,
             },
         )
     except ValueError as error:
@@ -87,8 +91,10 @@ def main() -> None:
 
 
 def default_section(args: argparse.Namespace) -> str:
-    """`layer_reconstruction`, then `_obs` for obs selection and `_NN` for a ratio other than 40%."""
+    """`layer_reconstruction`, then `_obs` for obs selection, `_normalized` for the normalized loss and `_NN` for a
+    ratio other than 40%."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
+    section += "_normalized" if args.normalized else ""
     return section + ("" if args.ratio == RATIO else f"_{round(args.ratio * 100)}")
 
 
@@ -98,13 +104,15 @@ def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) 
     return "\n".join(
         [
             f"## Per-layer reconstruction after {SELECTIONS[args.selection]} + refit at {args.ratio:.0%} "
-            "(`pruning.reconstruct`, issue 12)",
+            f"(`pruning.reconstruct`{', normalized loss' if args.normalized else ''}, issue 12)",
             "",
             f"Command: `{command}`. Measured on {machine()}; float32.",
             "",
             f"SmolLM2-135M, MLP width 1536 -> {width}, one-shot, 64 x 512 calibration tokens from `wiki.valid.raw` "
             f"(seed 0), no training corpus; `calibration_mode=sequential`, reconstruction target `{args.target}`, "
-            f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens. WikiText-2 test "
+            f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens"
+            + (", each token's error over its block output's squared norm (`normalized`)" if args.normalized else "")
+            + ". WikiText-2 test "
             "and held-out code perplexity on the scorer "
             f"table's protocol (16 x 1024 windows); the zero-shot suite on the first {args.zero_shot} items of each "
             "task. Pruning time includes the reconstruction. Mean over layers of the MLP's relative output error "

@@ -138,7 +138,8 @@ def prune_width_layerwise(
                 carried = reconstruct.target == "carried" and propagate != "original"  # an unpruned prefix: local
                 target = flat(unpruned_hidden) - residual if carried else local
                 path = MlpPath(decoder_blocks(model)[index])
-                fit = reconstruct_mlp(mlp, path, x, target, reconstruct, seed=index, reduce=reduce)
+                block_output = residual + local  # the block's output on these inputs before the pruning
+                fit = reconstruct_mlp(mlp, path, x, target, reconstruct, index, reduce, block_output)
                 log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, *fit)
                 if errors is not None:
                     errors[index] = fit

@@ -91,6 +91,34 @@ def test_a_fit_that_would_raise_the_error_is_undone():
     assert all(torch.equal(p, weights[name]) for name, p in mlp.module.named_parameters())
 
 
+def relative_errors_by_token(module, x, target) -> torch.Tensor:
+    with torch.no_grad():
+        return (module(x) - target).square().sum(1) / target.square().sum(1)
+
+
+def test_the_normalized_loss_keeps_a_few_massive_tokens_from_taking_the_fit():
+    """Four tokens whose MLP output is hundreds of times the others' (as the massive activations of SmolLM2's blocks
+    2, 11 and 28): the plain loss spends the fit on them, the normalized one fits every token by its relative error."""
+    model, _ = tiny_random("llama")
+    mlp = gated_mlps(model)[0]
+    x = torch.randn(512, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    x[:4] *= 30
+    with torch.no_grad():
+        target = mlp.module(x)
+    slice_gated_mlp(mlp, torch.arange(0, mlp.intermediate_size, 2), [])
+    ordinary = {}
+    for normalized in (False, True):
+        fitted = copy.deepcopy(mlp)
+        spec = ReconstructSpec(epochs=6, lr=3e-3, batch_tokens=128, normalized=normalized)
+        before, after = reconstruct_mlp(fitted, fitted.module, x, target, spec, seed=0)
+        errors = relative_errors_by_token(fitted.module, x, target)
+        ordinary[normalized] = float(errors[4:].mean())
+        if normalized:  # what it reports is then the mean of the tokens' relative errors
+            assert after == pytest.approx(float(errors.mean()), rel=1e-4)
+        assert target[:4].norm(dim=1).min() > 100 * target[4:].norm(dim=1).median()
+    assert ordinary[True] < 0.75 * ordinary[False], ordinary
+
+
 def final_hidden_error(model, reference, batches) -> float:
     """Relative squared error of `model`'s last hidden states against `reference`'s on `batches`."""
     with torch.no_grad():
@@ -100,14 +128,21 @@ def final_hidden_error(model, reference, batches) -> float:
 
 
 @pytest.mark.parametrize(
-    "mode, target", [("sequential", "carried"), ("sequential", "local"), ("carried", "carried"), ("layerwise", "local")]
+    "mode, target, normalized",
+    [
+        ("sequential", "carried", False),
+        ("sequential", "carried", True),
+        ("sequential", "local", False),
+        ("carried", "carried", False),
+        ("layerwise", "local", True),
+    ],
 )
-def test_pruning_with_reconstruction_ends_closer_to_the_unpruned_model(mode, target):
+def test_pruning_with_reconstruction_ends_closer_to_the_unpruned_model(mode, target, normalized):
     reference, _ = tiny_random("llama")
     batches = token_batches(count=4, seq_len=64)
     plain, fitted = copy.deepcopy(reference), copy.deepcopy(reference)
     plain_event = Pruner(ratio=0.5, calibration_mode=mode).prune(plain, batches)
-    spec = {"epochs": 4, "lr": 2e-3, "batch_tokens": 64, "target": target}
+    spec = {"epochs": 4, "lr": 2e-3, "batch_tokens": 64, "target": target, "normalized": normalized}
     event = Pruner(ratio=0.5, calibration_mode=mode, reconstruct=spec).prune(fitted, batches)
 
     # the first layer chooses before any fit; above it a pruned prefix (sequential, carried) now feeds fitted outputs
@@ -146,6 +181,7 @@ def test_the_carried_target_makes_up_for_the_layers_below():
         ({"lr": 0}, r"pruning.reconstruct.lr must be a finite positive number, got 0"),
         ({"lr": float("nan")}, r"pruning.reconstruct.lr must be a finite positive number, got nan"),
         ({"target": "global"}, r"pruning.reconstruct.target must be one of \('local', 'carried'\), got 'global'"),
+        ({"normalized": "yes"}, r"pruning.reconstruct.normalized must be true or false, got 'yes'"),
     ],
 )
 def test_bad_settings_are_refused_with_what_is_allowed(settings, message):
