@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--lr", type=float, default=ReconstructSpec.lr)
     parser.add_argument("--batch-tokens", type=int, default=ReconstructSpec.batch_tokens, help="tokens per Adam step")
     parser.add_argument("--normalized", action="store_true", help="each token's error relative to its block's output")
-    parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: from --selection and --ratio)")
+    parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: named from the flags)")
     add_zeroshot_flags(parser, items=100)
     args = parser.parse_args(argv)
     try:

@@ -173,6 +173,7 @@ class Pruner:
             depth_criterion=self.depth.criterion if removed else None,
             refit=self.refit,
             reconstruct_epochs=self.reconstruct.epochs if kept else 0,
+            reconstruct_normalized=self.reconstruct.normalized and bool(kept) and self.reconstruct.enabled,
             calibration_mode=self.calibration_mode if self.needs_calibration else None,
             calibration_tokens=sum(batch.numel() for batch in calibration) if self.needs_calibration else 0,
             seconds=time.perf_counter() - start,

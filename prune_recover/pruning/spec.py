@@ -111,6 +111,7 @@ class PruneEvent:
     depth_criterion: str | None = None
     refit: bool = False
     reconstruct_epochs: int = 0
+    reconstruct_normalized: bool = False  # reconstruct_error then weighs each token by its relative error
     calibration_mode: str | None = None
     calibration_tokens: int = 0
     seconds: float = 0.0
