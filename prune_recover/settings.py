@@ -15,6 +15,12 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_flag(name: str, value: object) -> None:
+    """Raise unless `value` is a boolean (a string such as `no` would read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def check_whole_numbers(settings: Mapping[str, tuple[object, int]]) -> None:
     """Raise naming every setting of `{name: (value, least)}` that is not a whole number >= its least."""
     wrong = [

@@ -33,7 +33,7 @@ from prune_recover.files import move_aside, write_json_atomic
 from prune_recover.jobs.configs import build
 from prune_recover.pruning.reconstruct import ReconstructSpec
 from prune_recover.pruning.spec import as_spec, refuse_prior_stats
-from prune_recover.settings import check_whole_numbers
+from prune_recover.settings import check_flag, check_whole_numbers
 from prune_recover.training.atomic_checkpoint import check_complete_checkpoint, remove_partial_writes
 from prune_recover.training.recovery_settings import method_settings
 
@@ -69,8 +69,7 @@ def check_run(cfg: DictConfig) -> None:
 def check_overwrite(cfg: DictConfig) -> bool:
     """`overwrite`, refused unless a boolean (a string such as `no` would read as true)."""
     overwrite = cfg.get("overwrite", False)
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
+    check_flag("overwrite", overwrite)
     return overwrite
 
 

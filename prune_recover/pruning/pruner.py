@@ -30,6 +30,7 @@ from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan, as_spec
 from prune_recover.pruning.surgery import check_prunable_mlp, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
+from prune_recover.settings import check_flag
 
 log = get_logger(__name__)
 
@@ -74,8 +75,7 @@ class Pruner:
         obs_round: int = OBS_ROUND,
         reconstruct: ReconstructSpec | Mapping | None = None,
     ):
-        if not isinstance(refit, bool):
-            raise ValueError(f"pruning.refit must be true or false, got {refit!r}")
+        check_flag("pruning.refit", refit)
         self.scorer = get_scorer(importance)
         if self.scorer.select is not None:
             if not refit:

@@ -33,7 +33,7 @@ from torch import nn
 from prune_recover.arch import GatedMLP, base_linear, decoder_blocks
 from prune_recover.logs import get_logger
 from prune_recover.pruning.layerwise import LayerwiseRunner
-from prune_recover.settings import check_whole_numbers, is_finite_number
+from prune_recover.settings import check_flag, check_whole_numbers, is_finite_number
 
 TARGETS = ("local", "carried")
 log = get_logger(__name__)
@@ -65,8 +65,7 @@ class ReconstructSpec:
         )
         if not (is_finite_number(self.lr) and self.lr > 0):
             raise ValueError(f"pruning.reconstruct.lr must be a finite positive number, got {self.lr!r}")
-        if not isinstance(self.normalized, bool):
-            raise ValueError(f"pruning.reconstruct.normalized must be true or false, got {self.normalized!r}")
+        check_flag("pruning.reconstruct.normalized", self.normalized)
         if self.target not in TARGETS:
             raise ValueError(f"pruning.reconstruct.target must be one of {TARGETS}, got {self.target!r}")
 
