@@ -33,6 +33,8 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,7 +48,8 @@ from prune_recover.lm import count_parameters, forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.calibration import collect_activation_stats  # noqa: E402
 from prune_recover.pruning.gradients import collect_taylor_stats  # noqa: E402
-from prune_recover.pruning.importance import SCORERS  # noqa: E402
+from prune_recover.pruning.importance import OBS_ROUND, SCORERS  # noqa: E402
+from prune_recover.pruning.obs import obs_select  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.pruning.targets import ParamModel, WidthTarget  # noqa: E402
 from prune_recover.pruning.width import prune_width  # noqa: E402
@@ -55,6 +58,9 @@ from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 RATIOS = (0.2, 0.4, 0.6)
 # (importance, calibration_mode) rows pruned layer by layer, each with its own calibration passes
 LAYER_BY_LAYER = (("activation", "sequential"), ("activation", "carried"), ("obs", "sequential"), ("obs", "carried"))
+# `importance=obs` choosing on the Gram shrunk toward its diagonal (`pruning.obs_shrink`), one-shot
+OBS_SHRINK = 1.0
+OBS_SHRINK_METHOD = f"obs+refit (shrink {OBS_SHRINK:g})"
 # The default recipe's calibration precision on this machine (configs/trainer/cpu.yaml): bfloat16 or float32.
 RECIPE_PRECISION = eval_precision(cpu_precision())
 DEFAULT_RECIPE_METHOD = "activation+refit (default recipe)"
@@ -168,6 +174,16 @@ def main() -> None:
 
                 record(f"{name}{'+refit' if refit else ''}@{ratio}", run)
 
+        def obs_shrunk(width=width):
+            statistics(gradients=False)
+            model = copy.deepcopy(base)
+            select = partial(obs_select, round_size=OBS_ROUND, shrink=OBS_SHRINK)
+            start = time.perf_counter()
+            prune_width(model, width, replace(SCORERS["obs"], select=select), stats, 1e-4)
+            return measure(model, time.perf_counter() - start + stats_seconds["activations"])
+
+        record(f"{OBS_SHRINK_METHOD}@{ratio}", obs_shrunk)
+
         for importance, mode in LAYER_BY_LAYER:
 
             def layer_by_layer(ratio=ratio, importance=importance, mode=mode):
@@ -216,11 +232,12 @@ def optipfair_runs(base, batches, ratio: float, measure) -> dict:
 
 def method_names() -> list[str]:
     """Every row of the table by name (what `--only` accepts): each scorer with and without the refit (a joint
-    selector only with it), the layer-by-layer rows, the default recipe's step and optipfair's rows."""
+    selector only with it), obs on the shrunk Gram, the layer-by-layer rows, the default recipe's step and optipfair's
+    rows."""
     names = []
     for name, scorer in SCORERS.items():
         names += [f"{name}+refit"] if scorer.select else [name, f"{name}+refit"]
-    names += [f"{importance}+refit ({mode})" for importance, mode in LAYER_BY_LAYER]
+    names += [OBS_SHRINK_METHOD] + [f"{importance}+refit ({mode})" for importance, mode in LAYER_BY_LAYER]
     return [*names, DEFAULT_RECIPE_METHOD, *PEER_METHODS]
 
 

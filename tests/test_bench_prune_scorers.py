@@ -22,6 +22,7 @@ def test_every_scorer_has_its_rows():
     names = prune_scorers.method_names()
     for name, scorer in prune_scorers.SCORERS.items():
         assert f"{name}+refit" in names and (scorer.select or name in names)
+    assert "obs+refit (shrink 1)" in names
     assert len(names) == len(set(names))
 
 

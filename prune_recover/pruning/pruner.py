@@ -30,7 +30,7 @@ from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan, as_spec
 from prune_recover.pruning.surgery import check_prunable_mlp, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
-from prune_recover.settings import check_flag
+from prune_recover.settings import check_flag, is_finite_number
 
 log = get_logger(__name__)
 
@@ -56,6 +56,7 @@ class Pruner:
             the layers below is carried forward and made up for; needs `refit`).
         depth: Depth settings (`DepthSpec` fields).
         obs_round: Neurons `importance=obs` removes per round (1 = greedy, re-ranked after every removal).
+        obs_shrink: `importance=obs` chooses on `G + obs_shrink * diag(G)` (0 = exact OBS; `obs.py`).
         reconstruct: Per-layer reconstruction after pruning (`ReconstructSpec` fields; needs a layer-wise
             calibration_mode).
         Leave all of ratio, expansion_ratio and target_params null for depth-only pruning.
@@ -73,10 +74,11 @@ class Pruner:
         calibration_mode: str = "oneshot",
         depth: DepthSpec | Mapping | None = None,
         obs_round: int = OBS_ROUND,
+        obs_shrink: float = 0.0,
         reconstruct: ReconstructSpec | Mapping | None = None,
     ):
         check_flag("pruning.refit", refit)
-        self.scorer = get_scorer(importance)
+        self.scorer, self.obs_shrink = get_scorer(importance), None
         if self.scorer.select is not None:
             if not refit:
                 raise ValueError(
@@ -84,7 +86,10 @@ class Pruner:
                 )
             if not isinstance(obs_round, int) or obs_round < 1:
                 raise ValueError(f"pruning.obs_round must be a positive integer, got {obs_round!r}")
-            self.scorer = replace(self.scorer, select=partial(obs_select, round_size=obs_round))
+            if not (is_finite_number(obs_shrink) and obs_shrink >= 0):
+                raise ValueError(f"pruning.obs_shrink must be a finite non-negative number, got {obs_shrink!r}")
+            self.scorer = replace(self.scorer, select=partial(obs_select, round_size=obs_round, shrink=obs_shrink))
+            self.obs_shrink = obs_shrink
         widths_given = any(value is not None for value in (ratio, expansion_ratio, target_params))
         self.target = WidthTarget(ratio, expansion_ratio, target_params, round_to) if widths_given else None
         self.depth = as_spec(DepthSpec, depth)
@@ -174,6 +179,7 @@ class Pruner:
             refit=self.refit,
             reconstruct_epochs=self.reconstruct.epochs if kept else 0,
             reconstruct_normalized=self.reconstruct.normalized and bool(kept) and self.reconstruct.enabled,
+            obs_shrink=self.obs_shrink if kept else None,
             calibration_mode=self.calibration_mode if self.needs_calibration else None,
             calibration_tokens=sum(batch.numel() for batch in calibration) if self.needs_calibration else 0,
             seconds=time.perf_counter() - start,

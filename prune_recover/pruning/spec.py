@@ -112,6 +112,7 @@ class PruneEvent:
     refit: bool = False
     reconstruct_epochs: int = 0
     reconstruct_normalized: bool = False  # reconstruct_error then weighs each token by its relative error
+    obs_shrink: float | None = None  # importance=obs: the Gram's shrink toward its diagonal that the choice used
     calibration_mode: str | None = None
     calibration_tokens: int = 0
     seconds: float = 0.0

@@ -72,6 +72,43 @@ def test_obs_needs_the_refit_and_a_positive_round():
         Pruner(importance="obs", ratio=0.4, obs_round=0)
 
 
+def uncompensated_cost(weight, gram):
+    """What removing each neuron costs the layer's output with nothing made up for: `||W[:, q]||^2 G[q, q]`."""
+    return weight.double().square().sum(0) * gram.double().diagonal()
+
+
+@pytest.mark.parametrize("width", [96, 64, 32])
+def test_a_large_shrink_chooses_by_the_cost_of_removal_with_nothing_made_up_for(layers, width):
+    exact_differs = []
+    for weight, gram, _ in layers:
+        expected = select_neurons(uncompensated_cost(weight, gram), width)
+        assert torch.equal(obs_keep(weight, gram, width, DAMP, round_size=8, shrink=1e8), expected)
+        exact_differs.append(not torch.equal(obs_keep(weight, gram, width, DAMP, round_size=8), expected))
+    assert any(exact_differs)  # so it is the shrink that decides, not a layer where both choices agree
+
+
+def test_the_pruner_chooses_on_the_shrunk_gram_and_reports_the_shrink():
+    torch.manual_seed(0)
+    batches = [torch.randint(3, 200, (2, 32)) for _ in range(2)]
+    model, _ = tiny_random("llama")
+    stats = collect_activation_stats(model, batches, gram=True)
+    gates = [mlp.gate_proj.weight.detach().clone() for mlp in gated_mlps(model)]
+    costs = [uncompensated_cost(mlp.down_weight(), stats[i].gram) for i, mlp in enumerate(gated_mlps(model))]
+    event = Pruner(importance="obs", ratio=0.5, obs_shrink=1e8).prune(model, batches)
+    for i, mlp in enumerate(gated_mlps(model)):
+        expected = select_neurons(costs[i], 64)
+        assert torch.equal(event.kept[i], expected)
+        assert torch.equal(mlp.gate_proj.weight, gates[i][expected])  # the refit changes down_proj only
+    assert event.to_dict()["obs_shrink"] == 1e8
+    assert Pruner(ratio=0.5).prune(tiny_random("llama")[0], batches).to_dict()["obs_shrink"] is None
+
+
+@pytest.mark.parametrize("shrink", [-1.0, float("nan"), float("inf"), "1", True])
+def test_a_bad_obs_shrink_is_refused_with_what_is_allowed(shrink):
+    with pytest.raises(ValueError, match="pruning.obs_shrink must be a finite non-negative number, got"):
+        Pruner(importance="obs", ratio=0.4, obs_shrink=shrink)
+
+
 def test_obs_prunes_a_model_end_to_end_in_every_calibration_mode():
     torch.manual_seed(0)
     batches = [torch.randint(3, 200, (2, 32)) for _ in range(2)]
