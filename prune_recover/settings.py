@@ -15,6 +15,12 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_non_negative(name: str, value: object) -> None:
+    """Raise unless `value` is a finite number >= 0 (a boolean, a string or nan is not)."""
+    if not (is_finite_number(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+
+
 def check_flag(name: str, value: object) -> None:
     """Raise unless `value` is a boolean (a string such as `no` would read as true)."""
     if not isinstance(value, bool):

@@ -30,7 +30,7 @@ from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan, as_spec
 from prune_recover.pruning.surgery import check_prunable_mlp, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
-from prune_recover.settings import check_flag, is_finite_number
+from prune_recover.settings import check_flag, check_non_negative
 
 log = get_logger(__name__)
 
@@ -86,8 +86,7 @@ class Pruner:
                 )
             if not isinstance(obs_round, int) or obs_round < 1:
                 raise ValueError(f"pruning.obs_round must be a positive integer, got {obs_round!r}")
-            if not (is_finite_number(obs_shrink) and obs_shrink >= 0):
-                raise ValueError(f"pruning.obs_shrink must be a finite non-negative number, got {obs_shrink!r}")
+            check_non_negative("pruning.obs_shrink", obs_shrink)
             self.scorer = replace(self.scorer, select=partial(obs_select, round_size=obs_round, shrink=obs_shrink))
             self.obs_shrink = obs_shrink
         widths_given = any(value is not None for value in (ratio, expansion_ratio, target_params))

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from prune_recover.pruning.depth import get_depth_criterion
 from prune_recover.pruning.reconstruct import ReconstructSpec
-from prune_recover.settings import check_whole_numbers, is_finite_number
+from prune_recover.settings import check_non_negative, check_whole_numbers
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ def check_calibration(mode: str, refit: bool, refit_damp, prunes_width: bool, re
             "pruning.calibration_mode=carried refits each layer to the unpruned model's output: "
             "it needs width pruning with pruning.refit=true"
         )
-    if not (is_finite_number(refit_damp) and refit_damp >= 0):
-        raise ValueError(f"pruning.refit_damp must be a finite non-negative number, got {refit_damp!r}")
+    check_non_negative("pruning.refit_damp", refit_damp)
     if reconstruct.enabled and (mode == "oneshot" or not prunes_width):
         raise ValueError(
             "pruning.reconstruct fits each width-pruned layer on its own calibration inputs, one layer at a time: it "
