@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.layer_reconstruction import default_section, markdown, parse_args
+from bench.layer_reconstruction import default_section, markdown, parse_args, seq_len
 from prune_recover.evaluation.tasks import ZEROSHOT_TASKS
 from prune_recover.pruning.spec import PruneEvent
 from tests.evaluation.test_tasks import ZEROSHOT_DIR
@@ -24,13 +24,16 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         "--batch-tokens",
         "512",
         "--normalized",
+        "--windows",
+        "128",
         "--zeroshot-dir",
     ]
     args, pruner, evaluator = parse_args([*argv, str(ZEROSHOT_DIR)])
     assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "sequential", 0.4)
     settings = pruner.reconstruct
     assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
-    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_normalized"
+    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_normalized_w128"
+    assert (args.windows, seq_len(args)) == (128, 256)
     assert evaluator.limit == args.zero_shot == 100
 
 
@@ -42,6 +45,8 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         (["--lr", "0"], "bad flag: pruning.reconstruct.lr must be a finite positive number"),
         (["--batch-tokens", "0"], "bad flag: pruning.reconstruct.batch_tokens takes a whole number >= 1"),
         (["--zero-shot", "0"], "--zero-shot: a positive number of items per task, got 0"),
+        (["--windows", "100"], "bad flag: --windows must divide 32,768 calibration tokens, got 100"),
+        (["--windows", "0"], "bad flag: --windows must divide 32,768 calibration tokens, got 0"),
     ],
 )
 def test_bad_flags_stop_before_any_model_loads(argv, message):
@@ -59,6 +64,7 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
         batch_tokens=1024,
         normalized=False,
         zero_shot=100,
+        windows=64,
     )
     event = PruneEvent("activation", 922, 30, 0, reconstructed={0: (0.4, 0.3), 1: (0.2, 0.1)})
     scores = {task: {metric: 0.5, f"{metric}_stderr": 0.05} for task, (_, metric) in ZEROSHOT_TASKS.items()}
@@ -69,11 +75,16 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
 
     assert table.startswith("## Per-layer reconstruction after activation + refit at 40% (`pruning.reconstruct`")
     assert f"Command: `{command}`." in table and "MLP width 1536 -> 922" in table
+    assert "one-shot, 64 x 512 calibration tokens from `wiki.valid.raw` (seed 0)" in table
     assert "6 epochs of Adam at 0.002 in batches of 1024 tokens. WikiText-2 test" in table
     args.normalized = True
     normalized = markdown(command, args, event, {"wikitext2": 34.98, "code": 35.91}, suite, 1104.4)
     assert "at 40% (`pruning.reconstruct`, normalized loss, issue 12)\n" in normalized
     assert "1024 tokens, each token's error over its block output's squared norm (`normalized`)." in normalized
     assert "0.3000 after the refit, 0.2000 after the reconstruction" in table
+    args.windows = 128
+    assert "one-shot, 128 x 256 calibration tokens" in markdown(
+        command, args, event, {"wikitext2": 1, "code": 1}, suite, 1
+    )
     cells = " | ".join(["0.500 ± 0.050"] * len(ZEROSHOT_TASKS))
     assert table.endswith(f"| 34.98 | 35.91 | {cells} | 0.417 | 1104 |")
