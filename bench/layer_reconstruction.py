@@ -7,18 +7,19 @@ tokens, `--epochs` passes, learning rate `--lr` with a cosine decay) to `--targe
 - `local`: the unpruned layer's output on the layer's input;
 - `carried`: what the pruned MLP must add to this block's residual stream for the block to output what the
   unpruned model's block outputs (the layers below's error is made up here too, as ZipLM / Tyr-the-Pruner carry it).
-Calibration: 32,768 tokens from wiki.valid.raw (seed 0), cut into `--windows` windows (64 x 512 by default, the
-issue's protocol; 128 gives 128 x 256); no training corpus. Float32 throughout. The model
-keeps the plain uniform-width layout. Quality: WikiText-2 test and held-out code perplexity (16 x 1024 windows) and
-the zero-shot suite.
+Calibration: 32,768 tokens from wiki.valid.raw (random windows drawn with `--seed`, 0 by default), cut into
+`--windows` windows (64 x 512 by default, the issue's protocol; 128 gives 128 x 256); no training corpus. Float32
+throughout. The model keeps the plain uniform-width layout. Quality: WikiText-2 test and held-out code perplexity
+(16 x 1024 windows) and the zero-shot suite.
 
 `--normalized` weighs each token's squared error by the inverse squared norm of its block's output
 (`pruning.reconstruct.normalized`). Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite;
-a ratio other than 0.4, `--selection obs`, `--normalized` or `--windows` writes its own section):
+a ratio other than 0.4, `--selection obs`, `--normalized`, `--windows` or `--seed` writes its own section):
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --normalized --zero-shot 100
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --windows 128 --zero-shot 100
+    python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --seed 1 --zero-shot 100
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
         default=WINDOWS,
         help=f"calibration windows the {CALIBRATION_TOKENS:,} tokens are cut into",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration windows' draw")
     parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: named from the flags)")
     add_zeroshot_flags(parser, items=100)
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main() -> None:
     model, tokenizer = load_model("smollm2-135m")
     model = model.float().eval()
     zeroshot.tokenizer = tokenizer
-    spec = {"split": "valid", "num_samples": args.windows, "seq_len": seq_len(args), "batch_size": 4, "seed": 0}
+    spec = {"split": "valid", "num_samples": args.windows, "seq_len": seq_len(args), "batch_size": 4, "seed": args.seed}
     batches = CausalLMDataModule(tokenizer, wikitext_dir=WIKITEXT, calibration=spec).calibration_batches()
     start = time.perf_counter()
     event = pruner.prune(model, batches)
@@ -111,11 +113,12 @@ def seq_len(args: argparse.Namespace) -> int:
 
 def default_section(args: argparse.Namespace) -> str:
     """`layer_reconstruction`, then `_obs` for obs selection, `_normalized` for the normalized loss and `_NN` for a
-    ratio other than 40%, then `_wN` for N calibration windows other than 64."""
+    ratio other than 40%, then `_wN` for N calibration windows other than 64 and `_seedN` for another draw."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
     section += "_normalized" if args.normalized else ""
     section += "" if args.ratio == RATIO else f"_{round(args.ratio * 100)}"
-    return section + ("" if args.windows == WINDOWS else f"_w{args.windows}")
+    section += "" if args.windows == WINDOWS else f"_w{args.windows}"
+    return section + (f"_seed{args.seed}" if args.seed else "")
 
 
 def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) -> str:
@@ -129,8 +132,8 @@ def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) 
             f"Command: `{command}`. Measured on {machine()}; float32.",
             "",
             f"SmolLM2-135M, MLP width 1536 -> {width}, one-shot, {args.windows} x {seq_len(args)} calibration tokens "
-            "from `wiki.valid.raw` "
-            f"(seed 0), no training corpus; `calibration_mode=sequential`, reconstruction target `{args.target}`, "
+            f"from `wiki.valid.raw` (seed {args.seed}), no training corpus; `calibration_mode=sequential`, "
+            f"reconstruction target `{args.target}`, "
             f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens"
             + (", each token's error over its block output's squared norm (`normalized`)" if args.normalized else "")
             + ". WikiText-2 test "

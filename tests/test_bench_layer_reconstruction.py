@@ -26,13 +26,15 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         "--normalized",
         "--windows",
         "128",
+        "--seed",
+        "2",
         "--zeroshot-dir",
     ]
     args, pruner, evaluator = parse_args([*argv, str(ZEROSHOT_DIR)])
     assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "sequential", 0.4)
     settings = pruner.reconstruct
     assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
-    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_normalized_w128"
+    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_normalized_w128_seed2"
     assert (args.windows, seq_len(args)) == (128, 256)
     assert evaluator.limit == args.zero_shot == 100
 
@@ -65,6 +67,7 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
         normalized=False,
         zero_shot=100,
         windows=64,
+        seed=0,
     )
     event = PruneEvent("activation", 922, 30, 0, reconstructed={0: (0.4, 0.3), 1: (0.2, 0.1)})
     scores = {task: {metric: 0.5, f"{metric}_stderr": 0.05} for task, (_, metric) in ZEROSHOT_TASKS.items()}
@@ -82,8 +85,8 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
     assert "at 40% (`pruning.reconstruct`, normalized loss, issue 12)\n" in normalized
     assert "1024 tokens, each token's error over its block output's squared norm (`normalized`)." in normalized
     assert "0.3000 after the refit, 0.2000 after the reconstruction" in table
-    args.windows = 128
-    assert "one-shot, 128 x 256 calibration tokens" in markdown(
+    args.windows, args.seed = 128, 1
+    assert "one-shot, 128 x 256 calibration tokens from `wiki.valid.raw` (seed 1)," in markdown(
         command, args, event, {"wikitext2": 1, "code": 1}, suite, 1
     )
     cells = " | ".join(["0.500 ± 0.050"] * len(ZEROSHOT_TASKS))
