@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prune_recover.arch import GatedMLP, base_linear, decoder_blocks
+from prune_recover.arch import GatedMLP, base_linear
 from prune_recover.logs import get_logger
-from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.settings import check_flag, check_whole_numbers, is_finite_number
 
 TARGETS = ("local", "carried")
@@ -85,28 +84,61 @@ class MlpPath(nn.Module):
         self.scale = getattr(block, "residual_multiplier", 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = self.mlp(x)
+        return self.after_mlp(self.mlp(x))
+
+    def after_mlp(self, output: torch.Tensor) -> torch.Tensor:
+        """The path's output from the MLP's."""
         if self.post_norm is not None:
             output = self.post_norm(output)
         return output * self.scale if self.scale != 1.0 else output
 
 
-def mlp_io(runner: LayerwiseRunner, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Block `index` as it is now, on the runner's cached inputs: its MLP's inputs, its MLP path's outputs and the
-    residual stream they are added to, each `[tokens, hidden]` (float32)."""
-    block, inputs = decoder_blocks(runner.model)[index], []
-    handle = block.mlp.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-    try:
-        block_outputs = [runner.run_batch(index, number, hidden) for number, hidden in enumerate(runner.hidden)]
-    finally:
-        handle.remove()
-    path, hidden_size = MlpPath(block), block_outputs[0].shape[-1]
-    with torch.no_grad():  # batch by batch, on the shapes the block ran
-        outputs = [path(x) for x in inputs]
-    pairs = zip(block_outputs, outputs, strict=True)
-    residual = torch.cat([(block_output - output).reshape(-1, hidden_size).float() for block_output, output in pairs])
-    flat_inputs = torch.cat([x.reshape(-1, hidden_size) for x in inputs]).float()
-    return flat_inputs, torch.cat([o.reshape(-1, hidden_size).float() for o in outputs]), residual
+class MlpIoRecorder:
+    """Context manager that records, for every run of `block` while it is entered (it can be entered again), what
+    the reconstruction fits on: the MLP's inputs, the MLP path's outputs and the residual stream they are added to
+    (the block's output less the path's). Entered around the statistics pass, it saves running the block again.
+
+    Example:
+        >>> with ActivationRecorder(model, layers=[index]) as recorder, MlpIoRecorder(block) as io:
+        ...     runner.run_block(index)
+        >>> x, path_output, residual = io.tensors()
+    """
+
+    def __init__(self, block: nn.Module):
+        self.block, self.path = block, MlpPath(block)
+        self.inputs: list[torch.Tensor] = []
+        self.path_outputs: list[torch.Tensor] = []
+        self.block_outputs: list[torch.Tensor] = []
+        self._handles: list = []
+
+    def __enter__(self) -> MlpIoRecorder:
+        def record_path_output(module, args, output):
+            self.path_outputs.append(self.path.after_mlp(output))
+
+        def record_block_output(module, args, output):
+            self.block_outputs.append(output[0] if isinstance(output, tuple) else output)
+
+        self._handles += [
+            self.path.mlp.register_forward_pre_hook(lambda module, args: self.inputs.append(args[0])),
+            self.path.mlp.register_forward_hook(record_path_output),
+            self.block.register_forward_hook(record_block_output),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The MLP's inputs, the MLP path's outputs and the residual stream, each `[tokens, hidden]` (float32)."""
+        hidden_size = self.inputs[0].shape[-1]
+
+        def flat(tensors) -> torch.Tensor:
+            return torch.cat([tensor.reshape(-1, hidden_size).float() for tensor in tensors])
+
+        pairs = zip(self.block_outputs, self.path_outputs, strict=True)
+        return flat(self.inputs), flat(self.path_outputs), flat(block - path for block, path in pairs)
 
 
 def fitted_weights(mlp: GatedMLP) -> list[torch.Tensor]:

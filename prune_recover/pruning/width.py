@@ -14,6 +14,7 @@ Two drivers share the per-layer step:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -25,7 +26,7 @@ from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs, reduce_stats
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner
-from prune_recover.pruning.reconstruct import MlpPath, ReconstructSpec, mlp_io, reconstruct_mlp
+from prune_recover.pruning.reconstruct import MlpIoRecorder, ReconstructSpec, reconstruct_mlp
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
 
@@ -119,15 +120,15 @@ def prune_width_layerwise(
         runner = LayerwiseRunner(model, batches)
         unpruned_hidden = runner.hidden
         for index, mlp in enumerate(gated_mlps(model)):
-            if reconstruct is not None:
-                x, local, residual = mlp_io(runner, index)
+            # the statistics pass on this block's inputs also records what the reconstruction fits on
+            io = MlpIoRecorder(decoder_blocks(model)[index]) if reconstruct is not None else nullcontext()
             if propagate == "carried":
-                layer_stats, unpruned_hidden = carried_stats(runner, index, mlp, unpruned_hidden)
+                layer_stats, unpruned_hidden = carried_stats(runner, index, mlp, unpruned_hidden, io)
                 outputs = None
             else:
                 if carry:  # the unpruned model's outputs of this block, before it is pruned
                     unpruned_hidden = runner.run_block(index, unpruned_hidden)
-                with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder:
+                with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder, io:
                     outputs = runner.run_block(index)
                 layer_stats = recorder.stats[index]
             layer_stats = reduce_stats(layer_stats, reduce) if reduce else layer_stats
@@ -135,11 +136,11 @@ def prune_width_layerwise(
                 layer_stats.taylor = taylor[index]
             kept[index] = prune_layer(mlp, width, scorer, layer_stats, refit_damp, optimizers)
             if reconstruct is not None:
+                x, local, residual = io.tensors()
                 carried = reconstruct.target == "carried" and propagate != "original"  # an unpruned prefix: local
                 target = flat(unpruned_hidden) - residual if carried else local
-                path = MlpPath(decoder_blocks(model)[index])
                 block_output = residual + local  # the block's output on these inputs before the pruning
-                fit = reconstruct_mlp(mlp, path, x, target, reconstruct, index, reduce, block_output)
+                fit = reconstruct_mlp(mlp, io.path, x, target, reconstruct, index, reduce, block_output)
                 log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, *fit)
                 if errors is not None:
                     errors[index] = fit
@@ -154,19 +155,24 @@ def flat(outputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def carried_stats(
-    runner: LayerwiseRunner, index: int, mlp: GatedMLP, unpruned_hidden: list[torch.Tensor]
+    runner: LayerwiseRunner,
+    index: int,
+    mlp: GatedMLP,
+    unpruned_hidden: list[torch.Tensor],
+    recording: AbstractContextManager,
 ) -> tuple[NeuronStats, list[torch.Tensor]]:
     """Statistics of layer `index` (not yet pruned) on the pruned prefix's outputs, with the cross term to the
     unpruned model's down_proj inputs for the same tokens; and the unpruned model's outputs of this block.
 
-    `unpruned_hidden` are the unpruned model's inputs of this block (its outputs of the block below).
+    `unpruned_hidden` are the unpruned model's inputs of this block (its outputs of the block below); `recording` is
+    entered around each run on the pruned prefix's outputs (an `MlpIoRecorder`).
     """
     stats = NeuronStats.zeros(mlp.intermediate_size, mlp.down_weight().device, gram=True, cross=True)
     unpruned_outputs = []
     for number, (hidden, unpruned) in enumerate(zip(runner.hidden, unpruned_hidden, strict=True)):
         with captured_inputs(mlp.down_proj) as target:
             unpruned_outputs.append(runner.run_batch(index, number, unpruned))
-        with captured_inputs(mlp.down_proj) as inputs:
+        with captured_inputs(mlp.down_proj) as inputs, recording:
             runner.run_batch(index, number, hidden)
         stats.add(inputs[0], target[0])
     return stats, unpruned_outputs

@@ -9,11 +9,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from prune_recover.arch import FAMILIES, base_linear, decoder_blocks, gated_mlps
+from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner
 from prune_recover.pruning.pruner import Pruner
-from prune_recover.pruning.reconstruct import MlpPath, ReconstructSpec, mlp_io, reconstruct_mlp
+from prune_recover.pruning.reconstruct import MlpIoRecorder, MlpPath, ReconstructSpec, reconstruct_mlp
 from prune_recover.pruning.surgery import slice_gated_mlp
-from prune_recover.pruning.width import flat
+from prune_recover.pruning.width import flat, prune_width_layerwise
 from prune_recover.tiny_models import tiny_random
 from prune_recover.training.pruning_callback import PruningCallback
 from tests.conftest import token_batches
@@ -224,11 +225,47 @@ def test_the_fitted_path_plus_the_residual_stream_is_the_blocks_output_in_every_
     model, _ = tiny_random(family, **({"residual_multiplier": 0.5} if family == "granite" else {}))
     runner = LayerwiseRunner(model, token_batches(count=2, seq_len=16))
     block_output = flat(runner.run_block(1))
-    x, path_output, residual = mlp_io(runner, 1)
-    torch.testing.assert_close(path_output, flat([MlpPath(decoder_blocks(model)[1])(x)]))
+    with MlpIoRecorder(decoder_blocks(model)[1]) as io:
+        runner.run_block(1)
+    x, path_output, residual = io.tensors()
+    assert torch.equal(path_output, flat([MlpPath(decoder_blocks(model)[1])(x)]))  # what the block computed
     with torch.no_grad():  # an MLP that adds nothing: the block then outputs its residual stream alone
         base_linear(gated_mlps(model)[1].down_proj).weight.zero_()
     torch.testing.assert_close(residual, flat(runner.run_block(1)))
     torch.testing.assert_close(path_output + residual, block_output)
     mlp = gated_mlps(model)[1].module
-    assert not mlp._forward_hooks and not mlp._forward_pre_hooks  # mlp_io's hook is gone
+    assert not mlp._forward_hooks and not mlp._forward_pre_hooks  # the recorder's hooks are gone
+    assert not decoder_blocks(model)[1]._forward_hooks
+
+
+@pytest.mark.parametrize(
+    "propagate, target, runs",
+    [("original", "local", 1), ("pruned", "local", 2), ("pruned", "carried", 3), ("carried", "carried", 3)],
+)
+def test_the_statistics_pass_also_records_what_the_fit_needs(propagate, target, runs):
+    """Each block runs on each calibration batch: once for its statistics, which also gives the fit its inputs and
+    residual stream; once more on the unpruned model's inputs where the target is carried; once more pruned for the
+    next block unless the prefix stays unpruned (`original`). Running the block again for the fit would cost a
+    quarter of a SmolLM2 reconstruction's block passes (docs/BENCHMARKS.md, the 1-epoch profile)."""
+    model, _ = tiny_random("llama")
+    batches = token_batches(count=3, seq_len=16)
+    calls = [0] * len(decoder_blocks(model))
+
+    def counter(index):
+        def count(module, args):
+            calls[index] += 1
+
+        return count
+
+    for index, block in enumerate(decoder_blocks(model)):
+        block.register_forward_pre_hook(counter(index))
+    LayerwiseRunner(model, batches)  # capturing the block inputs and keyword arguments
+    before_pruning = list(calls)
+    spec = ReconstructSpec(epochs=1, batch_tokens=32, target=target)
+    errors = {}
+    prune_width_layerwise(model, 64, SCORERS["activation"], batches, 1e-4, propagate, reconstruct=spec, errors=errors)
+
+    assert [count - 2 * before for count, before in zip(calls, before_pruning, strict=True)] == [
+        runs * len(batches)
+    ] * len(calls)
+    assert sorted(errors) == list(range(len(calls)))
