@@ -12,6 +12,7 @@ from bench.prune_cost import COMMAND, DEFAULT_RECIPE, OBS, OPTIPFAIR, markdown
 from prune_recover.pruning import gram
 from prune_recover.pruning.calibration import NeuronStats
 from prune_recover.pruning.gram import GRAM_PANEL
+from prune_recover.pruning.pruner import Pruner
 
 
 def test_ratios_pair_rows_of_the_same_round():
@@ -66,3 +67,18 @@ def test_the_one_product_row_computes_the_gram_as_the_full_product_and_restores_
     panels.add(x)
     assert torch.equal(one.gram, (x.T @ x).double()) and gram.GRAM_PANEL == GRAM_PANEL
     torch.testing.assert_close(panels.gram, one.gram, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("key", sorted(prune_cost.CASES))
+def test_every_rows_settings_are_a_valid_pruner(key):
+    """A row whose settings the Pruner refuses would stop the run only when its turn comes, hours in."""
+    _, settings, _ = prune_cost.CASES[key]
+    Pruner(ratio=0.4, **settings)
+
+
+def test_the_reconstruction_rows_are_the_documented_reconstruction():
+    """bench/layer_reconstruction.py's quality figures and these costs must be of one setting."""
+    pruner = Pruner(ratio=0.4, **prune_cost.CASES["reconstruct"][1])
+    assert pruner.calibration_mode == "sequential" and pruner.scorer.name == "activation" and pruner.refit
+    assert (pruner.reconstruct.epochs, pruner.reconstruct.lr, pruner.reconstruct.target) == (6, 2e-3, "carried")
+    assert not pruner.reconstruct.normalized and pruner.reconstruct.batch_tokens == 1024
