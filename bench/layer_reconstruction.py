@@ -12,6 +12,8 @@ Calibration: 32,768 tokens from wiki.valid.raw (random windows drawn with `--see
 throughout. The model keeps the plain uniform-width layout. Quality: WikiText-2 test and held-out code perplexity
 (16 x 1024 windows) and the zero-shot suite.
 
+`--calibration-mode layerwise` fits each layer on the unpruned model's inputs instead (no error carried, so the
+target is `local`'s whatever `--target` says, and no block runs again to feed the next layer: the cheapest setting).
 `--normalized` weighs each token's squared error by the inverse squared norm of its block's output
 (`pruning.reconstruct.normalized`). Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite;
 a ratio other than 0.4, `--selection obs`, `--normalized`, `--windows` or `--seed` writes its own section):
@@ -20,6 +22,7 @@ a ratio other than 0.4, `--selection obs`, `--normalized`, `--windows` or `--see
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --windows 128 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --seed 1 --zero-shot 100
+    python bench/layer_reconstruction.py --calibration-mode layerwise --target local --epochs 2 --zero-shot 100
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 RATIO = 0.4
 CALIBRATION_TOKENS = 32_768  # issue 12's budget
 WINDOWS = 64
+CALIBRATION_MODES = ("sequential", "layerwise", "carried")  # those that run layer by layer, as the fit needs
 SELECTIONS = {"activation": "activation", "obs": f"obs (rounds of {OBS_ROUND})"}
 WIKITEXT = "../shared/data/wikitext-2-raw"
 
@@ -52,6 +56,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ratio", type=float, default=RATIO, help="share of MLP neurons removed (0.4: issue 12's)")
     parser.add_argument("--selection", choices=tuple(SELECTIONS), default="activation")
+    parser.add_argument("--calibration-mode", choices=CALIBRATION_MODES, default="sequential")
     parser.add_argument("--target", choices=TARGETS, default=ReconstructSpec.target)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=ReconstructSpec.lr)
@@ -75,7 +80,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
         pruner = Pruner(
             importance=args.selection,
             ratio=args.ratio,
-            calibration_mode="sequential",
+            calibration_mode=args.calibration_mode,
             reconstruct={
                 "epochs": args.epochs,
                 "lr": args.lr,
@@ -112,9 +117,11 @@ def seq_len(args: argparse.Namespace) -> int:
 
 
 def default_section(args: argparse.Namespace) -> str:
-    """`layer_reconstruction`, then `_obs` for obs selection, `_normalized` for the normalized loss and `_NN` for a
+    """`layer_reconstruction`, then `_obs` for obs selection, `_layerwise` / `_carried` for that calibration mode,
+    `_normalized` for the normalized loss and `_NN` for a
     ratio other than 40%, then `_wN` for N calibration windows other than 64 and `_seedN` for another draw."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
+    section += "" if args.calibration_mode == "sequential" else f"_{args.calibration_mode}"
     section += "_normalized" if args.normalized else ""
     section += "" if args.ratio == RATIO else f"_{round(args.ratio * 100)}"
     section += "" if args.windows == WINDOWS else f"_w{args.windows}"
@@ -132,7 +139,8 @@ def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) 
             f"Command: `{command}`. Measured on {machine()}; float32.",
             "",
             f"SmolLM2-135M, MLP width 1536 -> {width}, one-shot, {args.windows} x {seq_len(args)} calibration tokens "
-            f"from `wiki.valid.raw` (seed {args.seed}), no training corpus; `calibration_mode=sequential`, "
+            f"from `wiki.valid.raw` (seed {args.seed}), no training corpus; "
+            f"`calibration_mode={args.calibration_mode}`, "
             f"reconstruction target `{args.target}`, "
             f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens"
             + (", each token's error over its block output's squared norm (`normalized`)" if args.normalized else "")

@@ -15,6 +15,8 @@ def test_the_flags_are_the_packages_reconstruction_settings():
     argv = [
         "--selection",
         "obs",
+        "--calibration-mode",
+        "layerwise",
         "--target",
         "local",
         "--epochs",
@@ -31,10 +33,10 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         "--zeroshot-dir",
     ]
     args, pruner, evaluator = parse_args([*argv, str(ZEROSHOT_DIR)])
-    assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "sequential", 0.4)
+    assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "layerwise", 0.4)
     settings = pruner.reconstruct
     assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
-    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_normalized_w128_seed2"
+    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_layerwise_normalized_w128_seed2"
     assert (args.windows, seq_len(args)) == (128, 256)
     assert evaluator.limit == args.zero_shot == 100
 
@@ -49,6 +51,7 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         (["--zero-shot", "0"], "--zero-shot: a positive number of items per task, got 0"),
         (["--windows", "100"], "bad flag: --windows must divide 32,768 calibration tokens, got 100"),
         (["--windows", "0"], "bad flag: --windows must divide 32,768 calibration tokens, got 0"),
+        (["--calibration-mode", "oneshot"], "argument --calibration-mode: invalid choice: 'oneshot'"),
     ],
 )
 def test_bad_flags_stop_before_any_model_loads(argv, message):
@@ -59,6 +62,7 @@ def test_bad_flags_stop_before_any_model_loads(argv, message):
 def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
     args = SimpleNamespace(
         selection="activation",
+        calibration_mode="sequential",
         ratio=0.4,
         target="carried",
         epochs=6,
