@@ -51,12 +51,18 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         (["--zero-shot", "0"], "--zero-shot: a positive number of items per task, got 0"),
         (["--windows", "100"], "bad flag: --windows must divide 32,768 calibration tokens, got 100"),
         (["--windows", "0"], "bad flag: --windows must divide 32,768 calibration tokens, got 0"),
-        (["--calibration-mode", "oneshot"], "argument --calibration-mode: invalid choice: 'oneshot'"),
     ],
 )
 def test_bad_flags_stop_before_any_model_loads(argv, message):
     with pytest.raises(SystemExit, match=message):
         parse_args([*argv, "--zeroshot-dir", str(ZEROSHOT_DIR)])
+
+
+def test_a_calibration_mode_without_layer_inputs_is_refused(capsys):
+    """One-shot statistics give no layer inputs to fit on: argparse stops at the flag."""
+    with pytest.raises(SystemExit):
+        parse_args(["--calibration-mode", "oneshot", "--zeroshot-dir", str(ZEROSHOT_DIR)])
+    assert "argument --calibration-mode: invalid choice: 'oneshot'" in capsys.readouterr().err
 
 
 def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
