@@ -19,7 +19,8 @@ block-11 output reaches a norm of 24,800 where the median is 140), and on four c
 tokens hold 81%, 99.9% and 90% of those MLPs' squared output, so that the plain loss is spent on them.
 Only the base weights change: a LoRA adapter's contribution stays in the function fitted, and shapes stay those of the
 plain Hugging Face layout (the fused Phi-3 `gate_up_proj` is fitted as the one matrix it is). On a 2-core CPU a
-SmolLM2-135M layer takes about 35 s for 6 epochs over 32,768 tokens (docs/BENCHMARKS.md, `layer_reconstruction`).
+SmolLM2-135M layer takes about 25 s for 6 epochs over 32,768 tokens (docs/BENCHMARKS.md,
+`prune_cost_reconstruct`).
 """
 
 from __future__ import annotations
