@@ -105,3 +105,9 @@ class LayerwiseRunner:
     def advance(self, outputs: list[torch.Tensor]) -> None:
         """Make `outputs` the inputs of the next block."""
         self.hidden = outputs
+
+
+def flat(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-batch activations (block outputs, MLP inputs) of every calibration batch as one `[tokens, hidden]` float32
+    tensor."""
+    return torch.cat([output.reshape(-1, output.shape[-1]).float() for output in outputs])

@@ -33,6 +33,7 @@ from torch import nn
 
 from prune_recover.arch import GatedMLP, base_linear
 from prune_recover.logs import get_logger
+from prune_recover.pruning.layerwise import flat
 from prune_recover.settings import check_flag, check_whole_numbers, is_finite_number
 
 TARGETS = ("local", "carried")
@@ -133,13 +134,8 @@ class MlpIoRecorder:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The MLP's inputs, the MLP path's outputs and the residual stream, each `[tokens, hidden]` (float32)."""
-        hidden_size = self.inputs[0].shape[-1]
-
-        def flat(tensors) -> torch.Tensor:
-            return torch.cat([tensor.reshape(-1, hidden_size).float() for tensor in tensors])
-
         pairs = zip(self.block_outputs, self.path_outputs, strict=True)
-        return flat(self.inputs), flat(self.path_outputs), flat(block - path for block, path in pairs)
+        return flat(self.inputs), flat(self.path_outputs), flat([block - path for block, path in pairs])
 
 
 def fitted_weights(mlp: GatedMLP) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ from prune_recover.lm import eval_mode
 from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs, reduce_stats
 from prune_recover.pruning.importance import Scorer, select_neurons
-from prune_recover.pruning.layerwise import LayerwiseRunner
+from prune_recover.pruning.layerwise import LayerwiseRunner, flat
 from prune_recover.pruning.reconstruct import MlpIoRecorder, ReconstructSpec, reconstruct_mlp
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
@@ -147,11 +147,6 @@ def prune_width_layerwise(
             runner.advance(outputs if propagate == "original" else runner.run_block(index))
     sync_intermediate_size(model)
     return kept
-
-
-def flat(outputs: list[torch.Tensor]) -> torch.Tensor:
-    """Block outputs of every calibration batch as one `[tokens, hidden]` float32 tensor."""
-    return torch.cat([output.reshape(-1, output.shape[-1]).float() for output in outputs])
 
 
 def carried_stats(
