@@ -16,7 +16,8 @@ throughout. The model keeps the plain uniform-width layout. Quality: WikiText-2 
 target is `local`'s whatever `--target` says, and no block runs again to feed the next layer: the cheapest setting).
 `--normalized` weighs each token's squared error by the inverse squared norm of its block's output
 (`pruning.reconstruct.normalized`). Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite;
-a ratio other than 0.4, `--selection obs`, `--normalized`, `--windows` or `--seed` writes its own section):
+a ratio other than 0.4, `--selection obs`, `--calibration-mode`, `--normalized`, `--windows` or `--seed` writes its
+own section):
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --normalized --zero-shot 100
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
