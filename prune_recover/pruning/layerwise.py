@@ -111,3 +111,10 @@ def flat(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-batch activations (block outputs, MLP inputs) of every calibration batch as one `[tokens, hidden]` float32
     tensor."""
     return torch.cat([output.reshape(-1, output.shape[-1]).float() for output in outputs])
+
+
+def unflat(tokens: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`tokens` (`[tokens, hidden]`, as `flat` gives them) cut back into tensors of the shapes and dtypes of `like`."""
+    sizes = [tensor.numel() // tensor.shape[-1] for tensor in like]
+    pieces = tokens.split(sizes)
+    return [piece.reshape(tensor.shape).to(tensor.dtype) for piece, tensor in zip(pieces, like, strict=True)]

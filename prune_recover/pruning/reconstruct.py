@@ -138,18 +138,39 @@ class MlpIoRecorder:
         return flat(self.inputs), flat(self.path_outputs), flat([block - path for block, path in pairs])
 
 
+@dataclass(frozen=True)
+class LayerFit:
+    """What `reconstruct_mlp` reports of one layer's fit.
+
+    Attributes:
+        before: Relative output error against the target before the fit (tokens weighted as in the loss).
+        after: The same after it (equal to `before` when the fit was undone).
+        output: The fitted MLP path's output on the fit's inputs, `[tokens, hidden]` float32, computed by the fit
+            itself; None where it is not what the model now computes (a model not in float32, an autocast region,
+            weights changed by the all-reduce afterwards), so that the caller runs the block instead.
+    """
+
+    before: float
+    after: float
+    output: torch.Tensor | None
+
+
 def fitted_weights(mlp: GatedMLP) -> list[torch.Tensor]:
     """The base weights the reconstruction changes: gate, up and down (gate_up and down when fused)."""
     weights = [base_linear(module).weight for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
     return list({id(weight): weight for weight in weights}.values())
 
 
-def relative_error(path: nn.Module, x: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> float:
-    """`sum_t s_t ||path(x_t) - target_t||^2 / sum_t s_t ||target_t||^2` over the tokens, `s` their weights."""
-    with torch.no_grad():
-        output = torch.cat([path(x[start : start + CHUNK]) for start in range(0, len(x), CHUNK)])
-        error = ((output.float() - target).square().sum(1) * scale).sum()
-        return float(error / (target.square().sum(1) * scale).sum().clamp_min(1e-30))
+@torch.no_grad()
+def path_output(path: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`path(x)` over the tokens `[tokens, hidden]`, in chunks of `CHUNK` tokens, as float32."""
+    return torch.cat([path(x[start : start + CHUNK]).float() for start in range(0, len(x), CHUNK)])
+
+
+def relative_error(output: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> float:
+    """`sum_t s_t ||output_t - target_t||^2 / sum_t s_t ||target_t||^2` over the tokens, `s` their weights."""
+    error = ((output - target).square().sum(1) * scale).sum()
+    return float(error / (target.square().sum(1) * scale).sum().clamp_min(1e-30))
 
 
 def token_weights(spec: ReconstructSpec, block_output: torch.Tensor) -> torch.Tensor:
@@ -170,13 +191,18 @@ def reconstruct_mlp(
     seed: int,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     block_output: torch.Tensor | None = None,
-) -> tuple[float, float]:
+) -> LayerFit:
     """Fit the pruned `mlp`'s base weights so that `path` (its block's `MlpPath`, or the MLP module itself) gives
-    `target` on `x` (module docstring); returns the relative error before and after, each token weighted as in the
-    loss. `block_output` (`[tokens, hidden]`, default `target`) sets the token weights under `spec.normalized`. A fit
-    that does not lower the error is undone (after == before). `reduce` (an all-reduce mean under DDP) is applied to
-    the fitted weights, so that every rank keeps the same model."""
+    `target` on `x` (module docstring); returns the relative errors before and after, each token weighted as in the
+    loss, and the fitted path's output on `x` where it is what the model now computes (`LayerFit`). `block_output`
+    (`[tokens, hidden]`, default `target`) sets the token weights under `spec.normalized`. A fit that does not lower
+    the error is undone (after == before). `reduce` (an all-reduce mean under DDP) is applied to the fitted weights,
+    so that every rank keeps the same model."""
     weights = fitted_weights(mlp)
+    # the fit computes in float32 outside autocast: its output is the model's only for a float32 model run so, and
+    # only if no all-reduce changes the weights afterwards
+    exact = reduce is None and not torch.is_autocast_enabled(weights[0].device.type)
+    exact = exact and all(parameter.dtype == torch.float32 for parameter in path.parameters())
     # the fit runs in float32 (LoRA factors, kept frozen, included) and leaves dtypes, flags and the training
     # gradients (of an accumulation window the event falls in) as it found them
     saved = [(parameter, parameter.dtype, parameter.requires_grad, parameter.grad) for parameter in path.parameters()]
@@ -188,17 +214,18 @@ def reconstruct_mlp(
     scale = token_weights(spec, (block_output if block_output is not None else target).to(x.device))
     try:
         with torch.enable_grad(), torch.autocast(weights[0].device.type, enabled=False):
-            before = relative_error(path, x, target, scale)
+            before = relative_error(path_output(path, x), target, scale)
             start = [weight.detach().clone() for weight in weights]
             for weight in weights:
                 weight.requires_grad_(True)
             adam(path, weights, x, target, scale, spec, seed)
-            after = relative_error(path, x, target, scale)
+            output = path_output(path, x)
+            after = relative_error(output, target, scale)
             if not after < before:  # a fit that ends worse (too high a rate) is undone
                 log.warning("Layer fit raised its error %.4g -> %.4g: kept the weights before it", before, after)
                 for weight, value in zip(weights, start, strict=True):
                     weight.data.copy_(value)
-                after = before
+                output, after = path_output(path, x), before
     finally:
         for parameter, dtype, flag, grad in saved:
             parameter.requires_grad_(flag)
@@ -208,7 +235,7 @@ def reconstruct_mlp(
         for weight in weights:
             weight.data = reduce(weight.data.float()).to(weight.dtype)
     torch.clear_autocast_cache()  # a forward pass later in the same autocast region must see the new values
-    return before, after
+    return LayerFit(before, after, output if exact else None)
 
 
 def adam(

@@ -25,7 +25,7 @@ from prune_recover.lm import eval_mode
 from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs, reduce_stats
 from prune_recover.pruning.importance import Scorer, select_neurons
-from prune_recover.pruning.layerwise import LayerwiseRunner, flat
+from prune_recover.pruning.layerwise import LayerwiseRunner, flat, unflat
 from prune_recover.pruning.reconstruct import MlpIoRecorder, ReconstructSpec, reconstruct_mlp
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
@@ -129,7 +129,8 @@ def prune_width_layerwise(
                 if carry:  # the unpruned model's outputs of this block, before it is pruned
                     unpruned_hidden = runner.run_block(index, unpruned_hidden)
                 with ActivationRecorder(model, layers=[index], gram=refit_damp is not None) as recorder, io:
-                    outputs = runner.run_block(index)
+                    unpruned_outputs = runner.run_block(index)
+                outputs = unpruned_outputs if propagate == "original" else None  # else: the pruned block's, below
                 layer_stats = recorder.stats[index]
             layer_stats = reduce_stats(layer_stats, reduce) if reduce else layer_stats
             if taylor is not None:
@@ -141,10 +142,14 @@ def prune_width_layerwise(
                 target = flat(unpruned_hidden) - residual if carried else local
                 block_output = residual + local  # the block's output on these inputs before the pruning
                 fit = reconstruct_mlp(mlp, io.path, x, target, reconstruct, index, reduce, block_output)
-                log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, *fit)
+                log.info("Layer %d reconstructed: relative output error %.4f -> %.4f", index, fit.before, fit.after)
                 if errors is not None:
-                    errors[index] = fit
-            runner.advance(outputs if propagate == "original" else runner.run_block(index))
+                    errors[index] = (fit.before, fit.after)
+                if propagate != "original" and fit.output is not None:
+                    # the pruned block's output is its residual stream (attention is not pruned) plus the fitted
+                    # path's output, which the fit has computed: no need to run the block again
+                    outputs = unflat(residual + fit.output, like=runner.hidden)
+            runner.advance(outputs if outputs is not None else runner.run_block(index))
     sync_intermediate_size(model)
     return kept
 

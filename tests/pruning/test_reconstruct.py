@@ -2,6 +2,7 @@
 tokens, in float32 whatever the model's dtype, base weights only, and refused where it cannot run."""
 
 import copy
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_the_fit_lowers_the_error_and_keeps_dtypes_shapes_and_flags(family, dtyp
     error_before = float32_error(mlp.module, x, target)
     mlp.down_proj.weight.grad = torch.ones_like(mlp.down_proj.weight)  # training's, mid accumulation window
 
-    before, after = reconstruct_mlp(mlp, mlp.module, x, target, FIT, seed=0)
+    before, after, _ = astuple(reconstruct_mlp(mlp, mlp.module, x, target, FIT, seed=0))
 
     assert torch.equal(mlp.down_proj.weight.grad, torch.ones_like(mlp.down_proj.weight))
     assert all(p.grad is None for name, p in mlp.module.named_parameters() if "down_proj" not in name)
@@ -70,7 +71,7 @@ def test_under_lora_only_the_base_weights_move_and_the_adapter_stays_in_the_fitt
     adapters = {name: p.detach().clone() for name, p in mlp.module.named_parameters() if "lora_" in name}
     bases = [base_linear(module).weight.detach().clone() for module in (mlp.gate_proj, mlp.down_proj)]
 
-    before, after = reconstruct_mlp(mlp, mlp.module, x, target, FIT, seed=0)
+    before, after, _ = astuple(reconstruct_mlp(mlp, mlp.module, x, target, FIT, seed=0))
 
     assert after < 0.8 * before
     for name, parameter in mlp.module.named_parameters():
@@ -86,7 +87,7 @@ def test_a_fit_that_would_raise_the_error_is_undone():
     weights = {name: p.detach().clone() for name, p in mlp.module.named_parameters()}
 
     too_fast = ReconstructSpec(epochs=2, lr=10.0, batch_tokens=128)
-    before, after = reconstruct_mlp(mlp, mlp.module, x, target, too_fast, seed=0)
+    before, after, _ = astuple(reconstruct_mlp(mlp, mlp.module, x, target, too_fast, seed=0))
 
     assert after == before == pytest.approx(float32_error(mlp.module, x, target), rel=1e-6)
     assert all(torch.equal(p, weights[name]) for name, p in mlp.module.named_parameters())
@@ -111,7 +112,7 @@ def test_the_normalized_loss_keeps_a_few_massive_tokens_from_taking_the_fit():
     for normalized in (False, True):
         fitted = copy.deepcopy(mlp)
         spec = ReconstructSpec(epochs=6, lr=3e-3, batch_tokens=128, normalized=normalized)
-        before, after = reconstruct_mlp(fitted, fitted.module, x, target, spec, seed=0)
+        before, after, _ = astuple(reconstruct_mlp(fitted, fitted.module, x, target, spec, seed=0))
         errors = relative_errors_by_token(fitted.module, x, target)
         ordinary[normalized] = float(errors[4:].mean())
         if normalized:  # what it reports is then the mean of the tokens' relative errors
@@ -238,17 +239,8 @@ def test_the_fitted_path_plus_the_residual_stream_is_the_blocks_output_in_every_
     assert not decoder_blocks(model)[1]._forward_hooks
 
 
-@pytest.mark.parametrize(
-    "propagate, target, runs",
-    [("original", "local", 1), ("pruned", "local", 2), ("pruned", "carried", 3), ("carried", "carried", 3)],
-)
-def test_the_statistics_pass_also_records_what_the_fit_needs(propagate, target, runs):
-    """Each block runs on each calibration batch: once for its statistics, which also gives the fit its inputs and
-    residual stream; once more on the unpruned model's inputs where the target is carried; once more pruned for the
-    next block unless the prefix stays unpruned (`original`). Running the block again for the fit would cost a
-    quarter of a SmolLM2 reconstruction's block passes (docs/BENCHMARKS.md, the 1-epoch profile)."""
-    model, _ = tiny_random("llama")
-    batches = token_batches(count=3, seq_len=16)
+def count_block_runs(model) -> list[int]:
+    """Per decoder block, a list entry counting its forward calls from now on."""
     calls = [0] * len(decoder_blocks(model))
 
     def counter(index):
@@ -259,6 +251,21 @@ def test_the_statistics_pass_also_records_what_the_fit_needs(propagate, target, 
 
     for index, block in enumerate(decoder_blocks(model)):
         block.register_forward_pre_hook(counter(index))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "propagate, target, runs",
+    [("original", "local", 1), ("pruned", "local", 1), ("pruned", "carried", 2), ("carried", "carried", 2)],
+)
+def test_the_statistics_pass_also_records_what_the_fit_needs(propagate, target, runs):
+    """Each block runs on each calibration batch: once for its statistics, which also gives the fit its inputs and
+    residual stream; once more on the unpruned model's inputs where the target is carried. Running the block again
+    for the fit would cost a quarter of a SmolLM2 reconstruction's block passes (docs/BENCHMARKS.md, the 1-epoch
+    profile); running it again pruned for the next block is not needed either (the fit gives the path's output)."""
+    model, _ = tiny_random("llama")
+    batches = token_batches(count=3, seq_len=16)
+    calls = count_block_runs(model)
     LayerwiseRunner(model, batches)  # capturing the block inputs and keyword arguments
     before_pruning = list(calls)
     spec = ReconstructSpec(epochs=1, batch_tokens=32, target=target)
@@ -269,3 +276,64 @@ def test_the_statistics_pass_also_records_what_the_fit_needs(propagate, target, 
         runs * len(batches)
     ] * len(calls)
     assert sorted(errors) == list(range(len(calls)))
+
+
+def next_block_inputs(monkeypatch, model, batches, propagate, spec, reduce=None):
+    """The inputs each block hands the next while `model` is pruned layer by layer with the reconstruction, and how
+    many times each block ran on each calibration batch for it (the runner's own captures left out)."""
+    calls = count_block_runs(model)
+    LayerwiseRunner(model, batches)  # what capturing the block inputs and keyword arguments costs
+    setup, calls[:] = list(calls), [0] * len(calls)
+    handed = []
+    advance = LayerwiseRunner.advance
+
+    def record(runner, outputs):
+        handed.append([output.clone() for output in outputs])
+        advance(runner, outputs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LayerwiseRunner, "advance", record)
+        prune_width_layerwise(
+            model, 64, SCORERS["activation"], batches, 1e-4, propagate, reduce=reduce, reconstruct=spec
+        )
+    return handed, [(count - before) / len(batches) for count, before in zip(calls, setup, strict=True)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "granite"])  # plain, post-feedforward norm, scaled residual
+@pytest.mark.parametrize("propagate", ["pruned", "carried"])
+def test_the_next_block_gets_the_pruned_blocks_output_without_running_it(monkeypatch, family, propagate):
+    """Attention is not pruned, so the pruned block outputs its residual stream plus the fitted path's output, which
+    the fit has computed: that is what the next block gets, as running the pruned block would give it."""
+    model, _ = tiny_random(family, **({"residual_multiplier": 0.5} if family == "granite" else {}))
+    batches = token_batches(count=2, seq_len=16)
+    spec = ReconstructSpec(epochs=1, batch_tokens=32, target="carried")
+    handed, runs = next_block_inputs(monkeypatch, model, batches, propagate, spec)
+
+    runner = LayerwiseRunner(model, batches)  # the pruned model, now run block by block
+    for index, outputs in enumerate(handed):
+        expected = runner.run_block(index)
+        for ours, theirs in zip(outputs, expected, strict=True):
+            assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        runner.advance(expected)
+    assert runs == [2] * len(handed)  # the statistics and the target's: none for the next block
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "all-reduce", "autocast"])
+def test_where_the_fits_output_is_not_the_models_the_pruned_block_is_run(monkeypatch, case):
+    """The fit computes in float32 outside autocast, before the all-reduce: a bfloat16 model, an autocast region or
+    weights averaged over ranks afterwards compute something else, so there the pruned block runs for the next one."""
+    model, _ = tiny_random("llama")
+    model = model.to(torch.bfloat16) if case == "bfloat16" else model
+    batches = token_batches(count=2, seq_len=16)
+    spec = ReconstructSpec(epochs=1, batch_tokens=32, target="local")
+    reduce = (lambda tensor: tensor * 1.0) if case == "all-reduce" else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        handed, runs = next_block_inputs(monkeypatch, model, batches, "pruned", spec, reduce)
+    assert runs == [2] * len(handed)  # the statistics and the pruned block's for the next one
+    runner = LayerwiseRunner(model, batches)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        for index, outputs in enumerate(handed):
+            expected = runner.run_block(index)
+            assert all(torch.equal(ours, theirs) for ours, theirs in zip(outputs, expected, strict=True)), index
+            runner.advance(expected)
