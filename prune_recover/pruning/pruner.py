@@ -37,6 +37,11 @@ log = get_logger(__name__)
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
+def same(tensor: torch.Tensor) -> torch.Tensor:
+    """The `reduce` of one process: the tensor as it is."""
+    return tensor
+
+
 class Pruner:
     """Structured width (MLP neurons) and depth (decoder blocks) pruning of a causal LM.
 
@@ -151,17 +156,17 @@ class Pruner:
                 batches); they replace the calibration forward pass for the width scores and refit.
             optimizers: Optimizers whose state must follow the surgery.
             reduce: Applied to every statistic and block score before it is used; under DDP an
-                all-reduce mean, so that every rank takes identical decisions.
+                all-reduce mean, so that every rank takes identical decisions. None: one process (the layer-wise
+                reconstruction then hands each fit's output on instead of running the pruned block again).
         """
         start = time.perf_counter()
         optimizers = list(optimizers)
-        reduce = reduce or (lambda tensor: tensor)
         config = unwrap(model).config
         if width is None and self.target is not None:
             width = self.plan(config).intermediate_size
         num_blocks = self.depth.num_blocks if num_blocks is None else num_blocks
         self._check_request(model, calibration, width, num_blocks, stats)
-        removed = self._prune_depth(model, calibration, num_blocks, optimizers, reduce) if num_blocks else []
+        removed = self._prune_depth(model, calibration, num_blocks, optimizers, reduce or same) if num_blocks else []
         if stats is not None and removed:
             survivors = [index for index in sorted(stats) if index not in set(removed)]
             stats = {new: stats[old] for new, old in enumerate(survivors)}
@@ -218,18 +223,19 @@ class Pruner:
         return remove_blocks(model, blocks, optimizers)
 
     def _prune_width(
-        self, model: nn.Module, calibration, width: int, stats, optimizers: list, reduce: Reduce, errors: dict
+        self, model: nn.Module, calibration, width: int, stats, optimizers: list, reduce: Reduce | None, errors: dict
     ) -> dict[int, torch.Tensor]:
         damp = self.refit_damp if self.refit else None
         if not (self.scorer.data_driven or self.refit or self.reconstruct.enabled):
             return prune_width(model, width, self.scorer, None, None, optimizers)
         taylor = None
         if self.scorer.needs == "gradients":
-            taylor = {index: reduce(value) for index, value in collect_taylor_stats(model, calibration).items()}
+            saliencies = collect_taylor_stats(model, calibration)
+            taylor = {index: (reduce or same)(value) for index, value in saliencies.items()}
         if self.calibration_mode == "oneshot" or stats is not None:
             if stats is None:
                 stats = collect_activation_stats(model, calibration, gram=self.refit)
-            stats = {index: reduce_stats(layer_stats, reduce) for index, layer_stats in stats.items()}
+            stats = {index: reduce_stats(layer_stats, reduce or same) for index, layer_stats in stats.items()}
             for index, saliency in (taylor or {}).items():
                 stats[index].taylor = saliency
             return prune_width(model, width, self.scorer, stats, damp, optimizers)

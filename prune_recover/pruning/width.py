@@ -8,7 +8,9 @@ Two drivers share the per-layer step:
   already-pruned prefix (sequential calibration), `"original"` the outputs of the unpruned one, and
   `"carried"` the pruned prefix's outputs with the unpruned model's layer output as the refit's target
   (error carrying: each layer makes up for what the layers below lost). With `reconstruct` each pruned layer's
-  weights are then fitted by gradient descent to its output target (`reconstruct.py`).
+  weights are then fitted by gradient descent to its output target (`reconstruct.py`), and the next layer's inputs
+  are the block's residual stream plus the fitted MLP path's output that the fit computed (attention is not pruned),
+  rather than a run of the pruned block, wherever that output is the model's (`LayerFit.output`).
 """
 
 from __future__ import annotations

@@ -278,12 +278,19 @@ def test_the_statistics_pass_also_records_what_the_fit_needs(propagate, target, 
     assert sorted(errors) == list(range(len(calls)))
 
 
+def block_runs_per_batch(model, batches, prune) -> list[float]:
+    """How many times each block of `model` runs on each calibration batch while `prune()` prunes it layer by layer
+    (the layer runner's own captures of the block inputs and keyword arguments left out)."""
+    calls = count_block_runs(model)
+    LayerwiseRunner(model, batches)  # what those captures cost
+    setup, calls[:] = list(calls), [0] * len(calls)
+    prune()
+    return [(count - before) / len(batches) for count, before in zip(calls, setup, strict=True)]
+
+
 def next_block_inputs(monkeypatch, model, batches, propagate, spec, reduce=None):
     """The inputs each block hands the next while `model` is pruned layer by layer with the reconstruction, and how
-    many times each block ran on each calibration batch for it (the runner's own captures left out)."""
-    calls = count_block_runs(model)
-    LayerwiseRunner(model, batches)  # what capturing the block inputs and keyword arguments costs
-    setup, calls[:] = list(calls), [0] * len(calls)
+    many times each block ran on each calibration batch for it."""
     handed = []
     advance = LayerwiseRunner.advance
 
@@ -291,12 +298,15 @@ def next_block_inputs(monkeypatch, model, batches, propagate, spec, reduce=None)
         handed.append([output.clone() for output in outputs])
         advance(runner, outputs)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(LayerwiseRunner, "advance", record)
+    def prune():
         prune_width_layerwise(
             model, 64, SCORERS["activation"], batches, 1e-4, propagate, reduce=reduce, reconstruct=spec
         )
-    return handed, [(count - before) / len(batches) for count, before in zip(calls, setup, strict=True)]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LayerwiseRunner, "advance", record)
+        runs = block_runs_per_batch(model, batches, prune)
+    return handed, runs
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "granite"])  # plain, post-feedforward norm, scaled residual
@@ -337,3 +347,13 @@ def test_where_the_fits_output_is_not_the_models_the_pruned_block_is_run(monkeyp
             expected = runner.run_block(index)
             assert all(torch.equal(ours, theirs) for ours, theirs in zip(outputs, expected, strict=True)), index
             runner.advance(expected)
+
+
+def test_the_pruner_without_an_all_reduce_lets_the_fit_hand_on_its_output():
+    """`Pruner.prune` without `reduce` (one process) must not pass the layer driver a stand-in all-reduce: that would
+    make every fit's output look changed afterwards, and the pruned block would run again for the next one."""
+    model, _ = tiny_random("llama")
+    batches = token_batches(count=2, seq_len=16)
+    pruner = Pruner(ratio=0.5, calibration_mode="sequential", reconstruct={"epochs": 1, "batch_tokens": 32})
+    runs = block_runs_per_batch(model, batches, lambda: pruner.prune(model, batches))
+    assert runs == [2] * len(runs)  # the statistics and the carried target's: none for the next block
