@@ -184,6 +184,11 @@ def collect_activation_stats(
     return recorder.stats
 
 
+def same(tensor: torch.Tensor) -> torch.Tensor:
+    """The `reduce` of one process: the tensor as it is."""
+    return tensor
+
+
 def reduce_stats(stats: NeuronStats, reduce) -> NeuronStats:
     """`stats` with `reduce` (under DDP an all-reduce mean) applied to every accumulated tensor."""
     return NeuronStats(

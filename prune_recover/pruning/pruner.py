@@ -20,7 +20,7 @@ from transformers import PretrainedConfig
 from prune_recover.arch import decoder_blocks, family_of, gated_mlps, unwrap
 from prune_recover.lm import count_parameters, model_device
 from prune_recover.logs import get_logger
-from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, reduce_stats
+from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, reduce_stats, same
 from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
 from prune_recover.pruning.gradients import collect_taylor_stats
 from prune_recover.pruning.importance import OBS_ROUND, get_scorer
@@ -35,11 +35,6 @@ from prune_recover.settings import check_flag, check_non_negative
 log = get_logger(__name__)
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-def same(tensor: torch.Tensor) -> torch.Tensor:
-    """The `reduce` of one process: the tensor as it is."""
-    return tensor
 
 
 class Pruner:

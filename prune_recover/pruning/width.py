@@ -28,7 +28,8 @@ from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import ActivationRecorder, NeuronStats, captured_inputs, reduce_stats
 from prune_recover.pruning.importance import Scorer, select_neurons
 from prune_recover.pruning.layerwise import LayerwiseRunner, flat, unflat
-from prune_recover.pruning.reconstruct import MlpIoRecorder, ReconstructSpec, reconstruct_mlp
+from prune_recover.pruning.mlp_path import MlpIoRecorder
+from prune_recover.pruning.reconstruct import ReconstructSpec, reconstruct_mlp
 from prune_recover.pruning.refit import refit_down_proj
 from prune_recover.pruning.surgery import slice_gated_mlp, sync_intermediate_size
 

@@ -12,8 +12,9 @@ from peft import LoraConfig, get_peft_model
 from prune_recover.arch import FAMILIES, base_linear, decoder_blocks, gated_mlps
 from prune_recover.pruning.importance import SCORERS
 from prune_recover.pruning.layerwise import LayerwiseRunner, flat
+from prune_recover.pruning.mlp_path import MlpIoRecorder, MlpPath
 from prune_recover.pruning.pruner import Pruner
-from prune_recover.pruning.reconstruct import MlpIoRecorder, MlpPath, ReconstructSpec, reconstruct_mlp
+from prune_recover.pruning.reconstruct import ReconstructSpec, reconstruct_mlp
 from prune_recover.pruning.surgery import slice_gated_mlp
 from prune_recover.pruning.width import prune_width_layerwise
 from prune_recover.tiny_models import tiny_random
