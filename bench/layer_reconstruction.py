@@ -15,15 +15,17 @@ throughout. The model keeps the plain uniform-width layout. Quality: WikiText-2 
 `--calibration-mode layerwise` fits each layer on the unpruned model's inputs instead (no error carried, so the
 target is `local`'s whatever `--target` says, and no block runs again to feed the next layer: the cheapest setting).
 `--normalized` weighs each token's squared error by the inverse squared norm of its block's output
-(`pruning.reconstruct.normalized`). Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite;
-a ratio other than 0.4, `--selection obs`, `--calibration-mode`, `--normalized`, `--windows` or `--seed` writes its
-own section):
+(`pruning.reconstruct.normalized`); `--precision bfloat16` runs the Adam steps' products under bfloat16 autocast
+(`pruning.reconstruct.precision`; the model, the statistics and the errors stay float32). Commands (about 30
+minutes each on a 2-core CPU, a third of it the zero-shot suite; a ratio other than 0.4, `--selection obs`,
+`--calibration-mode`, `--normalized`, `--precision`, `--windows` or `--seed` writes its own section):
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --normalized --zero-shot 100
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --windows 128 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --seed 1 --zero-shot 100
     python bench/layer_reconstruction.py --calibration-mode layerwise --target local --epochs 2 --zero-shot 100
+    python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --precision bfloat16 --zero-shot 100
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.importance import OBS_ROUND  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
-from prune_recover.pruning.reconstruct import TARGETS, ReconstructSpec  # noqa: E402
+from prune_recover.pruning.reconstruct import PRECISIONS, TARGETS, ReconstructSpec  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 RATIO = 0.4
@@ -63,6 +65,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--lr", type=float, default=ReconstructSpec.lr)
     parser.add_argument("--batch-tokens", type=int, default=ReconstructSpec.batch_tokens, help="tokens per Adam step")
     parser.add_argument("--normalized", action="store_true", help="each token's error relative to its block's output")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=ReconstructSpec.precision, help="Adam steps'")
     parser.add_argument(
         "--windows",
         type=int,
@@ -88,6 +91,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
                 "batch_tokens": args.batch_tokens,
                 "target": args.target,
                 "normalized": args.normalized,
+                "precision": args.precision,
             },
         )
     except ValueError as error:
@@ -119,11 +123,12 @@ def seq_len(args: argparse.Namespace) -> int:
 
 def default_section(args: argparse.Namespace) -> str:
     """`layer_reconstruction`, then `_obs` for obs selection, `_layerwise` / `_carried` for that calibration mode,
-    `_normalized` for the normalized loss and `_NN` for a
+    `_normalized` for the normalized loss, `_bf16` for bfloat16 Adam steps and `_NN` for a
     ratio other than 40%, then `_wN` for N calibration windows other than 64 and `_seedN` for another draw."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
     section += "" if args.calibration_mode == "sequential" else f"_{args.calibration_mode}"
     section += "_normalized" if args.normalized else ""
+    section += "_bf16" if args.precision == "bfloat16" else ""
     section += "" if args.ratio == RATIO else f"_{round(args.ratio * 100)}"
     section += "" if args.windows == WINDOWS else f"_w{args.windows}"
     return section + (f"_seed{args.seed}" if args.seed else "")
@@ -145,6 +150,7 @@ def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) 
             f"reconstruction target `{args.target}`, "
             f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens"
             + (", each token's error over its block output's squared norm (`normalized`)" if args.normalized else "")
+            + (", the steps' products under bfloat16 autocast" if args.precision == "bfloat16" else "")
             + ". WikiText-2 test "
             "and held-out code perplexity on the scorer "
             f"table's protocol (16 x 1024 windows); the zero-shot suite on the first {args.zero_shot} items of each "

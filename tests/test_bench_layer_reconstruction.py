@@ -26,6 +26,8 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         "--batch-tokens",
         "512",
         "--normalized",
+        "--precision",
+        "bfloat16",
         "--windows",
         "128",
         "--seed",
@@ -36,7 +38,8 @@ def test_the_flags_are_the_packages_reconstruction_settings():
     assert (pruner.scorer.name, pruner.calibration_mode, pruner.target.ratio) == ("obs", "layerwise", 0.4)
     settings = pruner.reconstruct
     assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
-    assert settings.normalized and default_section(args) == "layer_reconstruction_obs_layerwise_normalized_w128_seed2"
+    assert settings.normalized and settings.precision == "bfloat16"
+    assert default_section(args) == "layer_reconstruction_obs_layerwise_normalized_bf16_w128_seed2"
     assert (args.windows, seq_len(args)) == (128, 256)
     assert evaluator.limit == args.zero_shot == 100
 
@@ -75,6 +78,7 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
         lr=2e-3,
         batch_tokens=1024,
         normalized=False,
+        precision="float32",
         zero_shot=100,
         windows=64,
         seed=0,

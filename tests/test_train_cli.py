@@ -103,6 +103,7 @@ def test_a_prune_only_job_with_per_layer_reconstruction_reports_the_fit(wikitext
         (["recovery.method=magic"], ValueError, "recovery.method must be one of"),
         (["pruning.reconstruct.epochs=2"], ValueError, "reconstruct .* got calibration_mode=oneshot"),
         (["pruning.reconstruct.target=global"], ValueError, "reconstruct.target must be one of"),
+        (["pruning.reconstruct.precision=float16"], ValueError, "reconstruct.precision must be one of"),
     ],
 )
 def test_bad_input_fails_before_any_output_is_written(wikitext_dir, tmp_path, overrides, error, message):

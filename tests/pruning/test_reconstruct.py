@@ -94,6 +94,27 @@ def test_a_fit_that_would_raise_the_error_is_undone():
     assert all(torch.equal(p, weights[name]) for name, p in mlp.module.named_parameters())
 
 
+def test_the_bfloat16_fit_runs_its_products_in_bfloat16_and_fits_as_well_as_float32():
+    fits = {}
+    for precision in ("float32", "bfloat16"):
+        mlp, x, target = halved_mlp_and_its_target("llama", torch.float32)
+        products: list[torch.dtype] = []
+        handle = mlp.down_proj.register_forward_hook(
+            lambda module, args, output, seen=products: seen.append(output.dtype)
+        )
+        spec = ReconstructSpec(epochs=6, lr=3e-3, batch_tokens=128, precision=precision)
+        fits[precision] = reconstruct_mlp(mlp, mlp.module, x, target, spec, seed=0)
+        handle.remove()
+        steps = 6 * (512 // 128)
+        assert products.count(torch.bfloat16) == (steps if precision == "bfloat16" else 0)
+        assert all(p.dtype == torch.float32 for p in mlp.module.parameters())
+        assert float32_error(mlp.module, x, target) == pytest.approx(fits[precision].after, rel=1e-5)
+    float32, bfloat16 = fits["float32"], fits["bfloat16"]
+    assert bfloat16.before == float32.before
+    # each step sees the weights the step before left (a cast cached across steps would keep the first ones)
+    assert bfloat16.after < 0.8 * bfloat16.before and bfloat16.after == pytest.approx(float32.after, rel=0.05)
+
+
 def relative_errors_by_token(module, x, target) -> torch.Tensor:
     with torch.no_grad():
         return (module(x) - target).square().sum(1) / target.square().sum(1)
@@ -186,6 +207,10 @@ def test_the_carried_target_makes_up_for_the_layers_below():
         ({"lr": float("nan")}, r"pruning.reconstruct.lr must be a finite positive number, got nan"),
         ({"target": "global"}, r"pruning.reconstruct.target must be one of \('local', 'carried'\), got 'global'"),
         ({"normalized": "yes"}, r"pruning.reconstruct.normalized must be true or false, got 'yes'"),
+        (
+            {"precision": "float16"},
+            r"pruning.reconstruct.precision must be one of \('float32', 'bfloat16'\), got 'float16'",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_what_is_allowed(settings, message):
