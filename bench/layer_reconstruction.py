@@ -16,9 +16,12 @@ throughout. The model keeps the plain uniform-width layout. Quality: WikiText-2 
 target is `local`'s whatever `--target` says, and no block runs again to feed the next layer: the cheapest setting).
 `--normalized` weighs each token's squared error by the inverse squared norm of its block's output
 (`pruning.reconstruct.normalized`); `--precision bfloat16` runs the Adam steps' products under bfloat16 autocast
-(`pruning.reconstruct.precision`; the model, the statistics and the errors stay float32). Commands (about 30
-minutes each on a 2-core CPU, a third of it the zero-shot suite; a ratio other than 0.4, `--selection obs`,
-`--calibration-mode`, `--normalized`, `--precision`, `--windows` or `--seed` writes its own section):
+(`pruning.reconstruct.precision`; the model, the statistics and the errors stay float32);
+`--calibration-precision bfloat16` runs the whole pruning step under bfloat16 autocast, as the default job does on a CPU
+with bfloat16 instructions (the statistics passes and the target's block runs; the fit's errors stay float32).
+Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite; a ratio other than 0.4,
+`--selection obs`, `--calibration-mode`, `--normalized`, `--precision`, `--calibration-precision`, `--windows` or
+`--seed` writes its own section):
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --normalized --zero-shot 100
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
@@ -26,6 +29,8 @@ minutes each on a 2-core CPU, a third of it the zero-shot suite; a ratio other t
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --seed 1 --zero-shot 100
     python bench/layer_reconstruction.py --calibration-mode layerwise --target local --epochs 2 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --precision bfloat16 --zero-shot 100
+    python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --precision bfloat16 \
+        --calibration-precision bfloat16 --zero-shot 100
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.domains import add_zeroshot_flags, perplexity_by_domain, protocol_evaluator, zeroshot_evaluator  # noqa: E402
 from bench.markdown import machine, write_section, zeroshot_cells  # noqa: E402
 from prune_recover.evaluation.tasks import ZEROSHOT_TASKS  # noqa: E402
+from prune_recover.lm import forward_precision  # noqa: E402
 from prune_recover.models import load_model  # noqa: E402
 from prune_recover.pruning.importance import OBS_ROUND  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
@@ -66,6 +72,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--batch-tokens", type=int, default=ReconstructSpec.batch_tokens, help="tokens per Adam step")
     parser.add_argument("--normalized", action="store_true", help="each token's error relative to its block's output")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default=ReconstructSpec.precision, help="Adam steps'")
+    parser.add_argument("--calibration-precision", choices=tuple(PRECISIONS), default="float32", help="of the step")
     parser.add_argument(
         "--windows",
         type=int,
@@ -108,7 +115,8 @@ def main() -> None:
     spec = {"split": "valid", "num_samples": args.windows, "seq_len": seq_len(args), "batch_size": 4, "seed": args.seed}
     batches = CausalLMDataModule(tokenizer, wikitext_dir=WIKITEXT, calibration=spec).calibration_batches()
     start = time.perf_counter()
-    event = pruner.prune(model, batches)
+    with forward_precision(args.calibration_precision, model.device):
+        event = pruner.prune(model, batches)
     seconds = time.perf_counter() - start
     ppl = perplexity_by_domain(protocol_evaluator(tokenizer, WIKITEXT), model)
     suite = zeroshot(model)
@@ -123,12 +131,14 @@ def seq_len(args: argparse.Namespace) -> int:
 
 def default_section(args: argparse.Namespace) -> str:
     """`layer_reconstruction`, then `_obs` for obs selection, `_layerwise` / `_carried` for that calibration mode,
-    `_normalized` for the normalized loss, `_bf16` for bfloat16 Adam steps and `_NN` for a
+    `_normalized` for the normalized loss, `_bf16` for bfloat16 Adam steps, `_bf16pass` for a bfloat16 pruning step
+    and `_NN` for a
     ratio other than 40%, then `_wN` for N calibration windows other than 64 and `_seedN` for another draw."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
     section += "" if args.calibration_mode == "sequential" else f"_{args.calibration_mode}"
     section += "_normalized" if args.normalized else ""
     section += "_bf16" if args.precision == "bfloat16" else ""
+    section += "_bf16pass" if args.calibration_precision == "bfloat16" else ""
     section += "" if args.ratio == RATIO else f"_{round(args.ratio * 100)}"
     section += "" if args.windows == WINDOWS else f"_w{args.windows}"
     return section + (f"_seed{args.seed}" if args.seed else "")
@@ -151,6 +161,11 @@ def markdown(command: str, args, event, ppl: dict, suite: dict, seconds: float) 
             f"{args.epochs} epochs of Adam at {args.lr} in batches of {args.batch_tokens} tokens"
             + (", each token's error over its block output's squared norm (`normalized`)" if args.normalized else "")
             + (", the steps' products under bfloat16 autocast" if args.precision == "bfloat16" else "")
+            + (
+                "; the whole pruning step under bfloat16 autocast (the fit's errors in float32)"
+                if args.calibration_precision == "bfloat16"
+                else ""
+            )
             + ". WikiText-2 test "
             "and held-out code perplexity on the scorer "
             f"table's protocol (16 x 1024 windows); the zero-shot suite on the first {args.zero_shot} items of each "

@@ -28,6 +28,8 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         "--normalized",
         "--precision",
         "bfloat16",
+        "--calibration-precision",
+        "bfloat16",
         "--windows",
         "128",
         "--seed",
@@ -39,7 +41,7 @@ def test_the_flags_are_the_packages_reconstruction_settings():
     settings = pruner.reconstruct
     assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
     assert settings.normalized and settings.precision == "bfloat16"
-    assert default_section(args) == "layer_reconstruction_obs_layerwise_normalized_bf16_w128_seed2"
+    assert default_section(args) == "layer_reconstruction_obs_layerwise_normalized_bf16_bf16pass_w128_seed2"
     assert (args.windows, seq_len(args)) == (128, 256)
     assert evaluator.limit == args.zero_shot == 100
 
@@ -79,6 +81,7 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
         batch_tokens=1024,
         normalized=False,
         precision="float32",
+        calibration_precision="float32",
         zero_shot=100,
         windows=64,
         seed=0,

@@ -1,6 +1,7 @@
 """The pruning-cost table: medians over rounds, and each ratio the median of same-round ratios (not a ratio of
 medians, which would pair timings from different rounds when the machine drifts)."""
 
+import dataclasses
 import sys
 
 import pytest
@@ -82,3 +83,6 @@ def test_the_reconstruction_rows_are_the_documented_reconstruction():
     assert pruner.calibration_mode == "sequential" and pruner.scorer.name == "activation" and pruner.refit
     assert (pruner.reconstruct.epochs, pruner.reconstruct.lr, pruner.reconstruct.target) == (6, 2e-3, "carried")
     assert not pruner.reconstruct.normalized and pruner.reconstruct.batch_tokens == 1024
+    assert pruner.reconstruct.precision == "float32"
+    bfloat16 = Pruner(ratio=0.4, **prune_cost.CASES["reconstruct-bf16"][1]).reconstruct
+    assert bfloat16 == dataclasses.replace(pruner.reconstruct, precision="bfloat16")
