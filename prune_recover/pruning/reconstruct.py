@@ -53,8 +53,9 @@ class ReconstructSpec:
         normalized: Weigh each token's squared error by the inverse squared norm of its block's output there (what
             the next layer's norm divides by), so that every token counts by its relative error (module docstring).
         precision: `float32`, or `bfloat16`: the Adam steps' matrix products run under bfloat16 autocast (the
-            weights, their Adam state, the loss and the errors before and after stay float32), 2.3-2.6x faster per
-            step on a CPU with bfloat16 instructions and the usual choice on a GPU.
+            weights, their Adam state, the loss and the errors before and after stay float32): the 6-epoch step at
+            40% of SmolLM2-135M in 0.71x the float32 fit's time on a CPU with bfloat16 instructions, same quality
+            (docs/BENCHMARKS.md `prune_cost_reconstruct_bf16`); the usual choice on a GPU.
     """
 
     epochs: int = 0
