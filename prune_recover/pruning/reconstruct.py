@@ -11,12 +11,13 @@ it: the pruned prefix's under `sequential` and `carried`, the unpruned model's u
 What is fitted is the block's whole MLP path (`MlpPath`): the MLP, then the post-feedforward norm of Gemma 2/3 and
 OLMo-2 and the residual multiplier of Granite, so that the path's output added to the residual stream is the block's
 output in every supported family.
-The loss is the mean over tokens of the squared output error, in float32 whatever the model's dtype, with batches of
-`batch_tokens` tokens, `epochs` passes and a cosine-decayed learning rate. Under `normalized`, each token's error is
-divided by the squared norm of the block's output there (what the next layer's norm divides by), so that every token
-counts by its relative error: in SmolLM2-135M the MLPs of blocks 2, 11 and 28 write a few massive activations (the
-block-11 output reaches a norm of 24,800 where the median is 140), and on four calibration sequences the top 1% of
-tokens hold 81%, 99.9% and 90% of those MLPs' squared output, so that the plain loss is spent on them.
+The loss is the mean over tokens of the squared output error, in float32 whatever the model's dtype (the steps'
+products in bfloat16 under `precision=bfloat16`), with batches of `batch_tokens` tokens, `epochs` passes and a
+cosine-decayed learning rate. Under `normalized`, each token's error is divided by the squared norm of the block's
+output there (what the next layer's norm divides by), so that every token counts by its relative error: in
+SmolLM2-135M the MLPs of blocks 2, 11 and 28 write a few massive activations (the block-11 output reaches a norm of
+24,800 where the median is 140), and on four calibration sequences the top 1% of tokens hold 81%, 99.9% and 90% of
+those MLPs' squared output, so that the plain loss is spent on them.
 Only the base weights change: a LoRA adapter's contribution stays in the function fitted, and shapes stay those of the
 plain Hugging Face layout (the fused Phi-3 `gate_up_proj` is fitted as the one matrix it is). On a 2-core CPU a
 SmolLM2-135M layer takes about 25 s for 6 epochs over 32,768 tokens (docs/BENCHMARKS.md,
@@ -55,7 +56,8 @@ class ReconstructSpec:
         precision: `float32`, or `bfloat16`: the Adam steps' matrix products run under bfloat16 autocast (the
             weights, their Adam state, the loss and the errors before and after stay float32): the 6-epoch step at
             40% of SmolLM2-135M in 0.71x the float32 fit's time on a CPU with bfloat16 instructions, same quality
-            (docs/BENCHMARKS.md `prune_cost_reconstruct_bf16`); the usual choice on a GPU.
+            (docs/BENCHMARKS.md `prune_cost_reconstruct_bf16`); the usual choice on a GPU. A CPU without bfloat16
+            instructions computes it slower than float32 (`configs/trainer/cpu.yaml` chooses so for training).
     """
 
     epochs: int = 0
