@@ -71,8 +71,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--lr", type=float, default=ReconstructSpec.lr)
     parser.add_argument("--batch-tokens", type=int, default=ReconstructSpec.batch_tokens, help="tokens per Adam step")
     parser.add_argument("--normalized", action="store_true", help="each token's error relative to its block's output")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=ReconstructSpec.precision, help="Adam steps'")
-    parser.add_argument("--calibration-precision", choices=tuple(PRECISIONS), default="float32", help="of the step")
+    parser.add_argument("--precision", choices=PRECISIONS, default=ReconstructSpec.precision, help="Adam steps'")
+    parser.add_argument("--calibration-precision", choices=PRECISIONS, default="float32", help="of the step")
     parser.add_argument(
         "--windows",
         type=int,

@@ -45,11 +45,13 @@ def check_forward_precision(precision: str) -> str:
     return precision
 
 
-def forward_precision(precision: str, device: torch.device) -> torch.autocast:
+def forward_precision(precision: str, device: torch.device, cache: bool = True) -> torch.autocast:
     """A context in which `model(...)` computes in `precision`: autocast to it on `device`, or for float32 autocast
-    switched off (also inside a caller's autocast region, such as a training step's)."""
+    switched off (also inside a caller's autocast region, such as a training step's). `cache=False` recasts the
+    weights at every call: inside an outer autocast region the cast cache outlives this context, so weights that
+    change between entries (an optimizer's steps) need it off."""
     dtype = FORWARD_PRECISIONS[check_forward_precision(precision)]
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -33,11 +33,12 @@ import torch
 from torch import nn
 
 from prune_recover.arch import GatedMLP, base_linear
+from prune_recover.lm import forward_precision
 from prune_recover.logs import get_logger
 from prune_recover.settings import check_flag, check_whole_numbers, is_finite_number
 
 TARGETS = ("local", "carried")
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # of the Adam steps' products
+PRECISIONS = ("float32", "bfloat16")  # of the Adam steps' products (float16 would need loss scaling)
 log = get_logger(__name__)
 CHUNK = 4096  # tokens per no-grad pass
 
@@ -77,9 +78,7 @@ class ReconstructSpec:
         if self.target not in TARGETS:
             raise ValueError(f"pruning.reconstruct.target must be one of {TARGETS}, got {self.target!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"pruning.reconstruct.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}"
-            )
+            raise ValueError(f"pruning.reconstruct.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def enabled(self) -> bool:
@@ -197,7 +196,6 @@ def adam(
 ):
     """`spec.epochs` shuffled passes of Adam on `weights`: mean over tokens of `module`'s squared output error, each
     token's weighted by `scale`."""
-    dtype = PRECISIONS[spec.precision]
     optimizer = torch.optim.Adam(weights, lr=spec.lr)
     steps_per_epoch = max(1, len(x) // spec.batch_tokens)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.epochs * steps_per_epoch)
@@ -207,7 +205,7 @@ def adam(
         for step in range(steps_per_epoch):
             tokens = order[step * spec.batch_tokens : (step + 1) * spec.batch_tokens]
             # no cast cache: inside the fit's autocast-off region it would outlive the step and keep the old weights
-            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False):
+            with forward_precision(spec.precision, x.device, cache=False):
                 output = module(x[tokens])
             loss = ((output.float() - target[tokens]).square().sum(1) * scale[tokens]).mean()
             optimizer.zero_grad()
