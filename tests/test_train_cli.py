@@ -80,11 +80,12 @@ def test_prune_only_job_writes_a_reloadable_model_and_a_complete_report(wikitext
 def test_a_prune_only_job_with_per_layer_reconstruction_reports_the_fit(wikitext_dir, tmp_path):
     out = tmp_path / "run"
     fit = ["pruning.reconstruct.epochs=2", "pruning.reconstruct.lr=3e-4", "pruning.reconstruct.batch_tokens=32"]
-    overrides = ["recovery=none", "pruning.calibration_mode=sequential", *fit]
+    overrides = ["recovery=none", "pruning.calibration_mode=sequential", "pruning.reconstruct.precision=bfloat16", *fit]
     run(compose_config(tiny_overrides(wikitext_dir, out) + overrides))
 
     event = json.loads((out / "pruning_report.json").read_text())["events"][0]
     assert event["calibration_mode"] == "sequential" and event["reconstruct_epochs"] == 2
+    assert event["reconstruct_precision"] == "bfloat16"
     before, after = event["reconstruct_error"]
     assert after < before
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.intermediate_size == 77

@@ -19,7 +19,7 @@ and need no data; data-driven ones read `NeuronStats` gathered on calibration ba
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
@@ -28,6 +28,7 @@ import torch
 from prune_recover.arch import GatedMLP
 from prune_recover.pruning.calibration import NeuronStats
 from prune_recover.pruning.obs import obs_select
+from prune_recover.settings import check_non_negative
 
 # Neurons `obs` removes per round (pruning.obs_round overrides).
 OBS_ROUND = 8
@@ -128,6 +129,20 @@ def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"Unknown importance scorer '{name}'. Known scorers: {', '.join(SCORERS)}")
     return SCORERS[name]
+
+
+def configured_scorer(name: str, refit: bool, obs_round: int, obs_shrink: float) -> Scorer:
+    """The scorer `name` with the joint selector's settings (`pruning.obs_round`, `pruning.obs_shrink`) applied, or
+    raise saying which setting is wrong; a joint selector needs the refit it chooses with."""
+    scorer = get_scorer(name)
+    if scorer.select is None:
+        return scorer
+    if not refit:
+        raise ValueError(f"importance={name} chooses neurons together with the refit: set pruning.refit=true")
+    if not isinstance(obs_round, int) or obs_round < 1:
+        raise ValueError(f"pruning.obs_round must be a positive integer, got {obs_round!r}")
+    check_non_negative("pruning.obs_shrink", obs_shrink)
+    return replace(scorer, select=partial(obs_select, round_size=obs_round, shrink=obs_shrink))
 
 
 def select_neurons(scores: torch.Tensor, width: int) -> torch.Tensor:

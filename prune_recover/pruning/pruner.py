@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
-from functools import partial
 
 import torch
 from torch import nn
@@ -23,14 +21,13 @@ from prune_recover.logs import get_logger
 from prune_recover.pruning.calibration import NeuronStats, collect_activation_stats, reduce_stats, same
 from prune_recover.pruning.depth import choose_blocks, get_depth_criterion, removable_blocks
 from prune_recover.pruning.gradients import collect_taylor_stats
-from prune_recover.pruning.importance import OBS_ROUND, get_scorer
-from prune_recover.pruning.obs import obs_select
+from prune_recover.pruning.importance import OBS_ROUND, configured_scorer
 from prune_recover.pruning.reconstruct import ReconstructSpec
 from prune_recover.pruning.spec import DepthSpec, PruneEvent, PrunePlan, as_spec, check_calibration, refuse_prior_stats
 from prune_recover.pruning.surgery import check_prunable_mlp, remove_blocks
 from prune_recover.pruning.targets import ParamModel, WidthTarget
 from prune_recover.pruning.width import prune_width, prune_width_layerwise
-from prune_recover.settings import check_flag, check_non_negative
+from prune_recover.settings import check_flag
 
 log = get_logger(__name__)
 
@@ -78,17 +75,8 @@ class Pruner:
         reconstruct: ReconstructSpec | Mapping | None = None,
     ):
         check_flag("pruning.refit", refit)
-        self.scorer, self.obs_shrink = get_scorer(importance), None
-        if self.scorer.select is not None:
-            if not refit:
-                raise ValueError(
-                    f"importance={importance} chooses neurons together with the refit: set pruning.refit=true"
-                )
-            if not isinstance(obs_round, int) or obs_round < 1:
-                raise ValueError(f"pruning.obs_round must be a positive integer, got {obs_round!r}")
-            check_non_negative("pruning.obs_shrink", obs_shrink)
-            self.scorer = replace(self.scorer, select=partial(obs_select, round_size=obs_round, shrink=obs_shrink))
-            self.obs_shrink = obs_shrink
+        self.scorer = configured_scorer(importance, refit, obs_round, obs_shrink)
+        self.obs_shrink = obs_shrink if self.scorer.select is not None else None
         widths_given = any(value is not None for value in (ratio, expansion_ratio, target_params))
         self.target = WidthTarget(ratio, expansion_ratio, target_params, round_to) if widths_given else None
         self.depth = as_spec(DepthSpec, depth)
@@ -168,6 +156,7 @@ class Pruner:
         kept, errors = {}, {}
         if width is not None and width < gated_mlps(model)[0].intermediate_size:
             kept = self._prune_width(model, calibration, width, stats, optimizers, reduce, errors)
+        fitted = bool(kept) and self.reconstruct.enabled
         event = PruneEvent(
             importance=self.scorer.name,
             intermediate_size=config.intermediate_size,
@@ -176,8 +165,9 @@ class Pruner:
             removed_blocks=removed,
             depth_criterion=self.depth.criterion if removed else None,
             refit=self.refit,
-            reconstruct_epochs=self.reconstruct.epochs if kept else 0,
-            reconstruct_normalized=self.reconstruct.normalized and bool(kept) and self.reconstruct.enabled,
+            reconstruct_epochs=self.reconstruct.epochs if fitted else 0,
+            reconstruct_normalized=fitted and self.reconstruct.normalized,
+            reconstruct_precision=self.reconstruct.precision if fitted else None,
             obs_shrink=self.obs_shrink if kept else None,
             calibration_mode=self.calibration_mode if self.needs_calibration else None,
             calibration_tokens=sum(batch.numel() for batch in calibration) if self.needs_calibration else 0,

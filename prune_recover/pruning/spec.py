@@ -111,6 +111,7 @@ class PruneEvent:
     refit: bool = False
     reconstruct_epochs: int = 0
     reconstruct_normalized: bool = False  # reconstruct_error then weighs each token by its relative error
+    reconstruct_precision: str | None = None  # of the fit's Adam steps (`pruning.reconstruct.precision`)
     obs_shrink: float | None = None  # importance=obs: the Gram's shrink toward its diagonal that the choice used
     calibration_mode: str | None = None
     calibration_tokens: int = 0
