@@ -7,7 +7,9 @@ another machine's table beside this one's. `reconstruct` and `reconstruct-e1` ar
 bench/layer_reconstruction.py's reconstruction (sequential calibration, carried target, lr 2e-3) at 6 and 1 epochs,
 issue 12's best quality, whose cost it bounds at 3x optipfair's hybrid (about 15 and 8 minutes a round on a 2-core
 AVX2 CPU); `reconstruct-bf16` is `reconstruct` with its Adam steps under bfloat16 autocast
-(`pruning.reconstruct.precision`). The `one-product` row is `refit` with each Gram matrix computed as one
+(`pruning.reconstruct.precision`), and `reconstruct-recipe` is `reconstruct-bf16` with the whole step (statistics
+passes, the target's block runs) in the trainer's precision, as the default job runs it (bf16 autocast on a CPU with
+bfloat16 instructions). The `one-product` row is `refit` with each Gram matrix computed as one
 full product instead of `add_gram`'s panels on and above the diagonal: what the panels save, in the same run.
 Calibration: 64 x 512 tokens of wiki.valid.raw (seed 0), batches of 4, the same for every row and for optipfair
 0.4.2's data-driven hybrid (`pip install --no-deps optipfair==0.4.2`; without it its rows are skipped). Each row is
@@ -63,6 +65,9 @@ ONE_PRODUCT = "activation + refit, 40%, float32, the Gram as one product (as bef
 RECONSTRUCT = "activation + refit + reconstruction (6 epochs), 40%, float32"
 RECONSTRUCT_E1 = "activation + refit + reconstruction (1 epoch), 40%, float32"
 RECONSTRUCT_BF16 = "activation + refit + reconstruction (6 epochs, bfloat16 Adam steps), 40%, float32 model"
+RECONSTRUCT_RECIPE = (
+    f"activation + refit + reconstruction (6 epochs, bfloat16 Adam steps), 40%, {RECIPE_PRECISION} calibration pass"
+)
 
 
 def reconstruction(epochs: int, precision: str = "float32") -> dict:
@@ -89,13 +94,15 @@ CASES = {
     "reconstruct": (RECONSTRUCT, reconstruction(epochs=6), "float32"),
     "reconstruct-e1": (RECONSTRUCT_E1, reconstruction(epochs=1), "float32"),
     "reconstruct-bf16": (RECONSTRUCT_BF16, reconstruction(epochs=6, precision="bfloat16"), "float32"),
+    "reconstruct-recipe": (RECONSTRUCT_RECIPE, reconstruction(epochs=6, precision="bfloat16"), RECIPE_PRECISION),
 }
 # key -> (label, precision of optipfair's calibration pass)
 PEERS = {"optipfair": (OPTIPFAIR, "float32"), "optipfair-recipe": (OPTIPFAIR_RECIPE, RECIPE_PRECISION)}
 ROWS = ["forward", *CASES, *PEERS]
 # (numerator, denominator): the comparisons issue 12 asks for
 RATIOS = [(OBS, OPTIPFAIR), (RECONSTRUCT, OPTIPFAIR), (RECONSTRUCT_E1, OPTIPFAIR), (RECONSTRUCT_BF16, OPTIPFAIR)]
-RATIOS += [(RECONSTRUCT_BF16, RECONSTRUCT)]
+RATIOS += [(RECONSTRUCT_BF16, RECONSTRUCT), (RECONSTRUCT_RECIPE, OPTIPFAIR), (RECONSTRUCT_RECIPE, OPTIPFAIR_RECIPE)]
+RATIOS += [(RECONSTRUCT_RECIPE, RECONSTRUCT_BF16)]
 RATIOS += [(DEFAULT_RECIPE, OPTIPFAIR), (DEFAULT_RECIPE, OPTIPFAIR_RECIPE)]
 # and what computing the Gram in panels on and above the diagonal (`add_gram`) saves
 RATIOS += [(REFIT, ONE_PRODUCT), (ONE_PRODUCT, OPTIPFAIR), (REFIT, OPTIPFAIR)]

@@ -86,3 +86,6 @@ def test_the_reconstruction_rows_are_the_documented_reconstruction():
     assert pruner.reconstruct.precision == "float32"
     bfloat16 = Pruner(ratio=0.4, **prune_cost.CASES["reconstruct-bf16"][1]).reconstruct
     assert bfloat16 == dataclasses.replace(pruner.reconstruct, precision="bfloat16")
+    # the recipe row is the bf16 row with the step in the default job's precision (layer_reconstruction_bf16_bf16pass)
+    _, recipe, pass_precision = prune_cost.CASES["reconstruct-recipe"]
+    assert recipe == prune_cost.CASES["reconstruct-bf16"][1] and pass_precision == prune_cost.RECIPE_PRECISION
