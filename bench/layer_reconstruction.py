@@ -8,7 +8,8 @@ tokens, `--epochs` passes, learning rate `--lr` with a cosine decay) to `--targe
 - `carried`: what the pruned MLP must add to this block's residual stream for the block to output what the
   unpruned model's block outputs (the layers below's error is made up here too, as ZipLM / Tyr-the-Pruner carry it).
 Calibration: 32,768 tokens from wiki.valid.raw (random windows drawn with `--seed`, 0 by default), cut into
-`--windows` windows (64 x 512 by default, the issue's protocol; 128 gives 128 x 256); no training corpus. Float32
+`--windows` windows (64 x 512 by default, the issue's protocol; 128 gives 128 x 256); no training corpus. `--tokens`
+changes the budget (`--tokens 65536 --windows 128`: twice the issue's, in windows of 512). Float32
 throughout. The model keeps the plain uniform-width layout. Quality: WikiText-2 test and held-out code perplexity
 (16 x 1024 windows) and the zero-shot suite.
 
@@ -21,12 +22,14 @@ target is `local`'s whatever `--target` says, and no block runs again to feed th
 with bfloat16 instructions (the statistics passes and the target's block runs; the fit's errors stay float32).
 Commands (about 30 minutes each on a 2-core CPU, a third of it the zero-shot suite; a ratio other than 0.4,
 `--selection obs`, `--calibration-mode`, `--normalized`, `--precision`, `--calibration-precision`, `--windows` or
-`--seed` writes its own section):
+`--tokens` or `--seed` writes its own section):
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --normalized --zero-shot 100
     python bench/layer_reconstruction.py --ratio 0.6 --target carried --epochs 6 --lr 2e-3 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --windows 128 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --seed 1 --zero-shot 100
+    python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --precision bfloat16 --tokens 65536 \
+        --windows 128 --zero-shot 100
     python bench/layer_reconstruction.py --calibration-mode layerwise --target local --epochs 2 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --precision bfloat16 --zero-shot 100
     python bench/layer_reconstruction.py --target carried --epochs 6 --lr 2e-3 --precision bfloat16 \
@@ -74,19 +77,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Pruner, object]:
     parser.add_argument("--precision", choices=PRECISIONS, default=ReconstructSpec.precision, help="Adam steps'")
     parser.add_argument("--calibration-precision", choices=PRECISIONS, default="float32", help="of the step")
     parser.add_argument(
-        "--windows",
+        "--tokens",
         type=int,
-        default=WINDOWS,
-        help=f"calibration windows the {CALIBRATION_TOKENS:,} tokens are cut into",
+        default=CALIBRATION_TOKENS,
+        help=f"calibration tokens ({CALIBRATION_TOKENS:,}: issue 12's budget)",
     )
+    parser.add_argument("--windows", type=int, default=WINDOWS, help="calibration windows the tokens are cut into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration windows' draw")
     parser.add_argument("--section", help="docs/BENCHMARKS.md section (default: named from the flags)")
     add_zeroshot_flags(parser, items=100)
     args = parser.parse_args(argv)
-    if not (1 <= args.windows <= CALIBRATION_TOKENS and CALIBRATION_TOKENS % args.windows == 0):
-        raise SystemExit(
-            f"bad flag: --windows must divide {CALIBRATION_TOKENS:,} calibration tokens, got {args.windows}"
-        )
+    if args.tokens < 1:
+        raise SystemExit(f"bad flag: --tokens takes a whole number >= 1, got {args.tokens}")
+    if not (1 <= args.windows <= args.tokens and args.tokens % args.windows == 0):
+        raise SystemExit(f"bad flag: --windows must divide {args.tokens:,} calibration tokens, got {args.windows}")
     try:
         pruner = Pruner(
             importance=args.selection,
@@ -126,14 +130,15 @@ def main() -> None:
 
 def seq_len(args: argparse.Namespace) -> int:
     """Tokens per calibration window: the budget over `--windows`."""
-    return CALIBRATION_TOKENS // args.windows
+    return args.tokens // args.windows
 
 
 def default_section(args: argparse.Namespace) -> str:
     """`layer_reconstruction`, then `_obs` for obs selection, `_layerwise` / `_carried` for that calibration mode,
     `_normalized` for the normalized loss, `_bf16` for bfloat16 Adam steps, `_bf16pass` for a bfloat16 pruning step
     and `_NN` for a
-    ratio other than 40%, then `_wN` for N calibration windows other than 64 and `_seedN` for another draw."""
+    ratio other than 40%, then `_wN` for N calibration windows other than 64, `_tN` for N calibration tokens other than
+    issue 12's 32,768 and `_seedN` for another draw."""
     section = "layer_reconstruction" + ("_obs" if args.selection == "obs" else "")
     section += "" if args.calibration_mode == "sequential" else f"_{args.calibration_mode}"
     section += "_normalized" if args.normalized else ""
@@ -141,6 +146,7 @@ def default_section(args: argparse.Namespace) -> str:
     section += "_bf16pass" if args.calibration_precision == "bfloat16" else ""
     section += "" if args.ratio == RATIO else f"_{round(args.ratio * 100)}"
     section += "" if args.windows == WINDOWS else f"_w{args.windows}"
+    section += "" if args.tokens == CALIBRATION_TOKENS else f"_t{args.tokens}"
     return section + (f"_seed{args.seed}" if args.seed else "")
 
 

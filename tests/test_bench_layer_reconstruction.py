@@ -32,6 +32,8 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         "bfloat16",
         "--windows",
         "128",
+        "--tokens",
+        "65536",
         "--seed",
         "2",
         "--zeroshot-dir",
@@ -41,8 +43,9 @@ def test_the_flags_are_the_packages_reconstruction_settings():
     settings = pruner.reconstruct
     assert (settings.epochs, settings.lr, settings.batch_tokens, settings.target) == (3, 1e-3, 512, "local")
     assert settings.normalized and settings.precision == "bfloat16"
-    assert default_section(args) == "layer_reconstruction_obs_layerwise_normalized_bf16_bf16pass_w128_seed2"
-    assert (args.windows, seq_len(args)) == (128, 256)
+    assert default_section(args) == "layer_reconstruction_obs_layerwise_normalized_bf16_bf16pass_w128_t65536_seed2"
+    assert (args.windows, seq_len(args)) == (128, 512)
+    assert seq_len(parse_args(["--windows", "128", "--zeroshot-dir", str(ZEROSHOT_DIR)])[0]) == 256
     assert evaluator.limit == args.zero_shot == 100
 
 
@@ -56,6 +59,11 @@ def test_the_flags_are_the_packages_reconstruction_settings():
         (["--zero-shot", "0"], "--zero-shot: a positive number of items per task, got 0"),
         (["--windows", "100"], "bad flag: --windows must divide 32,768 calibration tokens, got 100"),
         (["--windows", "0"], "bad flag: --windows must divide 32,768 calibration tokens, got 0"),
+        (["--tokens", "0"], "bad flag: --tokens takes a whole number >= 1, got 0"),
+        (
+            ["--tokens", "65536", "--windows", "100"],
+            "bad flag: --windows must divide 65,536 calibration tokens, got 100",
+        ),
     ],
 )
 def test_bad_flags_stop_before_any_model_loads(argv, message):
@@ -84,6 +92,7 @@ def test_the_table_has_both_perplexities_the_suite_and_the_fits_errors():
         calibration_precision="float32",
         zero_shot=100,
         windows=64,
+        tokens=32768,
         seed=0,
     )
     event = PruneEvent("activation", 922, 30, 0, reconstructed={0: (0.4, 0.3), 1: (0.2, 0.1)})
