@@ -1,12 +1,13 @@
 """Pruning cost on SmolLM2-135M at 40%: every scorer's pruning step against one forward pass and optipfair's hybrid.
 
 Command (about 30 minutes on a 2-core CPU with bfloat16 instructions):
-    python bench/prune_cost.py [--rounds 3] [--only ROW ...] [--section prune_cost]
+    python bench/prune_cost.py [--rounds 3] [--only ROW ...] [--section prune_cost] [--model smollm2-135m]
 ROW is one of `forward` (the reference), the keys of CASES and PEERS; a section other than `prune_cost` keeps
-another machine's table beside this one's. `reconstruct` and `reconstruct-e1` are activation + refit with
-bench/layer_reconstruction.py's reconstruction (sequential calibration, carried target, lr 2e-3) at 6 and 1 epochs,
-issue 12's best quality, whose cost it bounds at 3x optipfair's hybrid (about 15 and 8 minutes a round on a 2-core
-AVX2 CPU); `reconstruct-bf16` is `reconstruct` with its Adam steps under bfloat16 autocast
+another machine's table beside this one's; `--model` names another model (any name `load_model` takes: a local
+directory, a hub id in the local cache), pruned by the same rows. `reconstruct` and `reconstruct-e1` are activation +
+refit with bench/layer_reconstruction.py's reconstruction (sequential calibration, carried target, lr 2e-3) at 6 and 1
+epochs, issue 12's best quality, whose cost it bounds at 3x optipfair's hybrid (about 15 and 8 minutes a round on a
+2-core AVX2 CPU); `reconstruct-bf16` is `reconstruct` with its Adam steps under bfloat16 autocast
 (`pruning.reconstruct.precision`), and `reconstruct-recipe` is `reconstruct-bf16` with the whole step (statistics
 passes, the target's block runs) in the trainer's precision, as the default job runs it (bf16 autocast on a CPU with
 bfloat16 instructions). The `one-product` row is `refit` with each Gram matrix computed as one
@@ -18,6 +19,9 @@ machine's drift between rounds touches them all; the table gives the median over
 the range, and each ratio is the median of the per-round ratios (two rows of the same round). Rows run in float32
 unless they say otherwise; "default recipe" runs the calibration pass in the trainer's precision as the default
 job does (bf16 autocast on a CPU with bfloat16 instructions, float32 elsewhere).
+Where CUDA is available, the model, the calibration batches and every row run on the GPU (the section's machine line
+names it), each timing ends with the GPU's work done (`torch.cuda.synchronize`), and "default recipe" is the
+precision of a GPU job (`trainer=gpu`, configs/trainer/gpu.yaml: bf16 autocast).
 """
 
 from __future__ import annotations
@@ -45,13 +49,19 @@ from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
 
 COMMAND = "python bench/prune_cost.py"
-RECIPE_PRECISION = eval_precision(cpu_precision())
+DEFAULT_MODEL = "smollm2-135m"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the default job's forward precision here: a GPU job's (trainer=gpu, bf16-mixed), or the CPU trainer's
+RECIPE_PRECISION = "bfloat16" if DEVICE == "cuda" else eval_precision(cpu_precision())
 ONE_PANEL = 1 << 30  # panels wider than any Gram: the full product in one
 
 
 def timed(fn) -> float:
+    """Wall seconds of `fn()`, the GPU's queued work included."""
     start = time.perf_counter()
     fn()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -113,6 +123,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="times each row is measured (the median is shown)")
     parser.add_argument("--only", nargs="+", choices=ROWS, help="measure only these rows (default: every row)")
     parser.add_argument("--section", default="prune_cost", help="the docs/BENCHMARKS.md section to write")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model to prune (default: %(default)s)")
     args = parser.parse_args()
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
@@ -126,9 +137,10 @@ def main() -> None:
         if args.only:  # asked for by name: stop before the first row rather than after hours of the others
             raise SystemExit(f"--only names optipfair's rows, which need it installed ({INSTALL})")
         rows = [row for row in rows if row not in PEERS]
-    base, tokenizer = load_model("smollm2-135m")
+    base, tokenizer = load_model(args.model)
+    base.to(DEVICE)
     data = CausalLMDataModule(tokenizer, wikitext_dir="../shared/data/wikitext-2-raw", calibration={"split": "valid"})
-    batches = data.calibration_batches()
+    batches = [batch.to(DEVICE) for batch in data.calibration_batches()]
 
     @torch.no_grad()
     def forward_pass():
@@ -161,7 +173,7 @@ def main() -> None:
             measured = step()
             seconds[label].append(measured)
             print(round_number, label, round(measured, 2), flush=True)
-    body = markdown(seconds, command(args))
+    body = markdown(seconds, command(args), "SmolLM2-135M" if args.model == DEFAULT_MODEL else f"`{args.model}`")
     write_section(args.section, body)
     print(body)
 
@@ -185,13 +197,15 @@ def command(args: argparse.Namespace) -> str:
         parts.append("--only " + " ".join(args.only))
     if args.section != "prune_cost":
         parts.append(f"--section {args.section}")
+    if args.model != DEFAULT_MODEL:
+        parts.append(f"--model {args.model}")
     return " ".join(parts)
 
 
-def markdown(seconds: dict[str, list[float]], command: str) -> str:
+def markdown(seconds: dict[str, list[float]], command: str, model: str = "SmolLM2-135M") -> str:
     rounds = len(next(iter(seconds.values())))
     lines = [
-        "## Pruning cost on SmolLM2-135M (40% of MLP neurons)",
+        f"## Pruning cost on {model} (40% of MLP neurons)",
         "",
         f"Command: `{command}`. Measured on {machine()}. Calibration: 64 x 512 tokens, batches of 4, the same "
         "for every row. Each row was timed once in each of "

@@ -35,6 +35,13 @@ def test_the_printed_command_names_the_options_the_run_was_given(monkeypatch):
     assert prune_cost.command(args) == f"{COMMAND} --rounds 5 --only default optipfair"
     monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--section", "prune_cost_avx2"])
     assert prune_cost.command(prune_cost.parse_args()) == f"{COMMAND} --section prune_cost_avx2"
+    monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--section", "prune_cost_h200", "--model", "/models/random"])
+    assert prune_cost.command(prune_cost.parse_args()) == f"{COMMAND} --section prune_cost_h200 --model /models/random"
+
+
+def test_the_title_names_the_model_the_rows_pruned():
+    assert markdown({OBS: [1.0]}, COMMAND).startswith("## Pruning cost on SmolLM2-135M (40% of MLP neurons)")
+    assert markdown({OBS: [1.0]}, COMMAND, "`/models/random`").startswith("## Pruning cost on `/models/random` (40%")
 
 
 def test_naming_optipfairs_rows_without_it_stops_before_the_model_loads(monkeypatch):
