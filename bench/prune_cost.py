@@ -43,7 +43,7 @@ from bench.markdown import machine, write_section  # noqa: E402
 from bench.peer import INSTALL, optipfair_installed, optipfair_prune  # noqa: E402
 from prune_recover.jobs.configs import cpu_precision, eval_precision  # noqa: E402
 from prune_recover.lm import forward_precision  # noqa: E402
-from prune_recover.models import load_model  # noqa: E402
+from prune_recover.models import UnknownModelError, load_model  # noqa: E402
 from prune_recover.pruning import gram  # noqa: E402
 from prune_recover.pruning.pruner import Pruner  # noqa: E402
 from prune_recover.training.datamodule import CausalLMDataModule  # noqa: E402
@@ -137,7 +137,10 @@ def main() -> None:
         if args.only:  # asked for by name: stop before the first row rather than after hours of the others
             raise SystemExit(f"--only names optipfair's rows, which need it installed ({INSTALL})")
         rows = [row for row in rows if row not in PEERS]
-    base, tokenizer = load_model(args.model)
+    try:
+        base, tokenizer = load_model(args.model)
+    except (UnknownModelError, FileNotFoundError) as error:  # before any row runs
+        raise SystemExit(f"--model: {error}") from error
     base.to(DEVICE)
     data = CausalLMDataModule(tokenizer, wikitext_dir="../shared/data/wikitext-2-raw", calibration={"split": "valid"})
     batches = [batch.to(DEVICE) for batch in data.calibration_batches()]

@@ -52,6 +52,15 @@ def test_naming_optipfairs_rows_without_it_stops_before_the_model_loads(monkeypa
         prune_cost.main()
 
 
+def test_a_model_name_that_loads_nothing_stops_before_any_row(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--only", "forward", "--model", "no-such-model"])
+    with pytest.raises(SystemExit, match="--model: Unknown model 'no-such-model'"):
+        prune_cost.main()
+    monkeypatch.setattr(sys, "argv", ["prune_cost.py", "--only", "forward", "--model", "./missing-dir"])
+    with pytest.raises(SystemExit, match="--model: Model path not found"):
+        prune_cost.main()
+
+
 def test_the_machine_line_names_the_cpu_and_its_bfloat16_instructions(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx2 amx_bf16\n")
