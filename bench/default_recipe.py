@@ -52,6 +52,7 @@ def main() -> None:
     base, event, final = report["base"], report["events"][0], report["final"]
     domains = list(base["ppl_by_domain"])
     recovery, config = report["recovery"], report["config"]
+    where = machine(device="cuda" if config["trainer"].get("accelerator") == "gpu" else "cpu")  # where the run trained
 
     def ppl(summary, key="ppl_by_domain"):
         return " | ".join(f"{summary[key][d]['1024']:.2f}" for d in domains)
@@ -64,7 +65,7 @@ def main() -> None:
             f"{' --zeroshot ' + str(args.zeroshot) if args.zeroshot else ''}"
             f"{' --section ' + args.section if args.section != 'default_recipe' else ''}`; the run: "
             f"`{report.get('command') or 'python train.py output_dir=outputs/bench_default logger=csv'}`. "
-            f"Measured on {machine()}, precision {config['trainer']['precision']} (evaluation "
+            f"Measured on {where}, precision {config['trainer']['precision']} (evaluation "
             f"{report['protocol'].get('precision', 'float32')}); whole run {wall / 60:.1f} min "
             "(with the zero-shot suite at the end when the run's command asks for it).",
             "",

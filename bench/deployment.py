@@ -48,7 +48,7 @@ def main() -> None:
         [
             f"## Deployment: SmolLM2-135M vs 40% MLP-pruned ({args.device}, {args.dtype})",
             "",
-            f"Command: `{command}`. Measured on {machine()}.",
+            f"Command: `{command}`. Measured on {machine(device=args.device)}.",
             "",
             "TTFT = prefill of one prompt (batch 1); decode = greedy tokens/s with KV cache after the prefill "
             "(64 new tokens); FLOP reduction = matmul FLOPs per token at that context, base / pruned "

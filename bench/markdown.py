@@ -18,11 +18,12 @@ HEADER = (
 )
 
 
-def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """One line describing where the numbers were measured: the GPU, or the CPU's model and whether it has
-    bfloat16 instructions (which decide the default job's precision and every bf16 timing)."""
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name()
+def machine(cpuinfo: str | Path = "/proc/cpuinfo", device: str = "cpu") -> str:
+    """One line describing where the numbers were measured: the GPU for a `device` of `cuda` (the rows ran there),
+    else the CPU's model and whether it has bfloat16 instructions (which decide the default job's precision and every
+    bf16 timing), also on a machine that has a GPU the rows did not use."""
+    if torch.device(device).type == "cuda":
+        device = torch.cuda.get_device_name(torch.device(device))
     else:
         bf16 = "bfloat16 instructions" if cpu_precision(cpuinfo) == "bf16-mixed" else "no bfloat16 instructions"
         model = cpuinfo_field("model name", cpuinfo) or "unknown model"

@@ -210,8 +210,8 @@ def markdown(seconds: dict[str, list[float]], command: str, model: str = "SmolLM
     lines = [
         f"## Pruning cost on {model} (40% of MLP neurons)",
         "",
-        f"Command: `{command}`. Measured on {machine()}. Calibration: 64 x 512 tokens, batches of 4, the same "
-        "for every row. Each row was timed once in each of "
+        f"Command: `{command}`. Measured on {machine(device=DEVICE)}. Calibration: 64 x 512 tokens, batches of 4, "
+        "the same for every row. Each row was timed once in each of "
         f"{rounds} rounds (the rows one after another in every round); the median and the range over the rounds. "
         "The pruning step includes its calibration pass.",
         "",

@@ -126,11 +126,12 @@ def main() -> None:
         print({k: [round(v, 1) for v in values] for k, values in results.items()}, flush=True)
     plain, lightning = statistics.median(results["plain"]), statistics.median(results["lightning"])
     command = COMMAND + ("" if args.accelerator == "cpu" else f" --accelerator gpu --precision {args.precision}")
+    where = machine(device="cuda" if args.accelerator == "gpu" else "cpu")
     body = "\n".join(
         [
             f"## Training throughput: LightningModule vs plain PyTorch ({args.accelerator}, {args.precision})",
             "",
-            f"Command: `{command}`. Measured on {machine()}.",
+            f"Command: `{command}`. Measured on {where}.",
             "",
             f"SmolLM2-135M pruned 40% (maw), batch {args.batch_size} x {args.seq_len} tokens, AdamW, clip 1.0, "
             f"{args.steps} steps ({args.warmup} warm-up steps not timed), median of {args.repeats} alternating runs.",

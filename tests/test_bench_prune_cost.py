@@ -71,6 +71,16 @@ def test_the_machine_line_names_the_cpu_and_its_bfloat16_instructions(tmp_path):
     assert line.startswith("CPU (unknown model, ") and "threads, no bfloat16 instructions)" in line
 
 
+def test_the_machine_line_names_the_device_the_rows_ran_on(tmp_path, monkeypatch):
+    # on a machine with a GPU, rows run on its CPU are labelled with the CPU, and only rows run on the GPU with the GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: avx2 avx512_bf16\n")
+    assert machine(cpuinfo).startswith("CPU (AMD EPYC, ")
+    assert machine(cpuinfo, device="cuda").startswith("NVIDIA H200, torch ")
+
+
 def test_a_ratio_whose_rows_did_not_run_is_left_out():
     text = markdown({OBS: [1.0]}, COMMAND)  # optipfair not installed: no ratio table
     assert "| ratio (" not in text and f"| {OBS} | 1.00 | 1.00-1.00 |" in text
