@@ -23,12 +23,12 @@ def machine(cpuinfo: str | Path = "/proc/cpuinfo", device: str = "cpu") -> str:
     else the CPU's model and whether it has bfloat16 instructions (which decide the default job's precision and every
     bf16 timing), also on a machine that has a GPU the rows did not use."""
     if torch.device(device).type == "cuda":
-        device = torch.cuda.get_device_name(torch.device(device))
+        name = torch.cuda.get_device_name(torch.device(device))
     else:
         bf16 = "bfloat16 instructions" if cpu_precision(cpuinfo) == "bf16-mixed" else "no bfloat16 instructions"
         model = cpuinfo_field("model name", cpuinfo) or "unknown model"
-        device = f"CPU ({model}, {torch.get_num_threads()} threads, {bf16})"
-    return f"{device}, torch {torch.__version__}, Python {platform.python_version()}"
+        name = f"CPU ({model}, {torch.get_num_threads()} threads, {bf16})"
+    return f"{name}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
